@@ -1,0 +1,5 @@
+"""The ``clawtrace`` command line."""
+
+from clawtrace.cli.main import main
+
+__all__ = ["main"]

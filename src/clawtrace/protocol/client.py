@@ -1,0 +1,276 @@
+"""The reference protocol v1 client: one agent's connection to a gateway.
+
+Used by the node agent (with its disk spool as the outbox) and by the
+simulator (with an in-memory outbox). It owns the delivery rules: send what
+is after the last ack, resend after reconnect from the gateway's ``welcome``,
+reconnect with capped, jittered backoff, never give up while running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from clawtrace.protocol.codec import ErrorCode, decode_server_message, encode
+from clawtrace.protocol.messages import Ack, Command, Error, Event, Hello, Welcome
+
+log = logging.getLogger("clawtrace.client")
+
+AGENT_PATH = "/v1/agent"
+
+
+class Outbox(Protocol):
+    """Events waiting for the gateway's ack, oldest first, already encoded."""
+
+    def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]: ...
+
+    def acked(self, seq: int) -> None: ...
+
+
+class MemoryOutbox:
+    """An outbox that lives as long as the process (simulator, tests)."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[int, bytes]] = deque()
+
+    def append(self, event: Event) -> None:
+        self._items.append((event.seq, encode(event)))
+
+    def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        for seq, raw in self._items:
+            if seq <= after_seq:
+                continue
+            out.append((seq, raw))
+            if len(out) >= limit:
+                break
+        return out
+
+    def acked(self, seq: int) -> None:
+        items = self._items
+        while items and items[0][0] <= seq:
+            items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class RefusedError(Exception):
+    """The gateway refused the connection for a reason retrying will not fix."""
+
+
+CommandHandler = Callable[[Command], Awaitable[None]]
+ErrorHandler = Callable[[Error], None]
+
+
+def agent_url(gateway: str) -> str:
+    """Accept ``ws://host:port`` or a full ``.../v1/agent`` URL."""
+    base = gateway.rstrip("/")
+    if base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    elif base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    return base if base.endswith(AGENT_PATH) else base + AGENT_PATH
+
+
+class UplinkClient:
+    """Keeps one agent connected and its outbox drained.
+
+    ``run()`` loops until ``close()``; call ``notify()`` after appending to
+    the outbox so the sender wakes up.
+    """
+
+    def __init__(
+        self,
+        gateway: str,
+        hello: Hello,
+        outbox: Outbox,
+        *,
+        token: str | None = None,
+        on_command: CommandHandler | None = None,
+        on_error: ErrorHandler | None = None,
+        max_batch: int = 500,
+        max_frame_bytes: int = 256 * 1024,
+        window: int = 5_000,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = agent_url(gateway)
+        self.hello = hello
+        self.outbox = outbox
+        self.token = token
+        self.on_command = on_command
+        self.on_error = on_error
+        self.max_batch = max_batch
+        self.max_frame_bytes = max_frame_bytes
+        self.window = window
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.ssl_context = ssl_context
+        self.open_timeout = open_timeout
+        self.acked_seq = 0
+        self.sent_seq = 0
+        self.connected = asyncio.Event()
+        self.last_error: str | None = None
+        self.connects = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._ws: ClientConnection | None = None
+        self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._throttle_until = 0.0
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = self.reconnect_min
+        while not self._closing:
+            try:
+                await self._session()
+                delay = self.reconnect_min
+            except RefusedError:
+                raise
+            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.debug("connection to %s failed: %s", self.url, self.last_error)
+            finally:
+                self.connected.clear()
+                self._ws = None
+            if self._closing:
+                break
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def close(self, drain_timeout: float = 0.0) -> None:
+        """Stop, after waiting up to ``drain_timeout`` s for everything to be acked."""
+        if drain_timeout > 0:
+            last = self._last_pending_seq()
+            if last is not None:
+                with contextlib.suppress(TimeoutError):
+                    await self.wait_acked(last, drain_timeout)
+        self._closing = True
+        self._wake.set()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def wait_acked(self, seq: int, timeout: float) -> None:
+        if self.acked_seq >= seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((seq, future))
+        await asyncio.wait_for(future, timeout)
+
+    def _last_pending_seq(self) -> int | None:
+        pending = self.outbox.pending(self.acked_seq, 1_000_000_000)
+        return pending[-1][0] if pending else None
+
+    async def _session(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        async with connect(
+            self.url,
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=self.open_timeout,
+            ssl=self.ssl_context,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+        ) as ws:
+            await ws.send(encode(self.hello).decode())
+            welcome = decode_server_message(await asyncio.wait_for(ws.recv(), self.open_timeout))
+            if isinstance(welcome, Error):
+                self.last_error = f"{welcome.code}: {welcome.message}"
+                if welcome.code in (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN):
+                    raise RefusedError(self.last_error)
+                raise OSError(self.last_error)
+            if not isinstance(welcome, Welcome):
+                raise OSError(f"expected welcome, got {type(welcome).__name__}")
+            self._ws = ws
+            self.connects += 1
+            self._on_ack(welcome.ack)
+            self.sent_seq = welcome.ack
+            self.max_frame_bytes = min(self.max_frame_bytes, welcome.max_frame_bytes // 2)
+            self.max_batch = min(self.max_batch, welcome.max_events_per_frame)
+            self.connected.set()
+            sender = asyncio.create_task(self._send_loop(ws))
+            try:
+                await self._receive_loop(ws)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            if not sender.cancelled() and sender.exception() is not None:
+                raise sender.exception()  # type: ignore[misc]
+
+    async def _receive_loop(self, ws: ClientConnection) -> None:
+        async for frame in ws:
+            try:
+                message = decode_server_message(frame)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring undecodable frame from gateway: %.200r", frame)
+                continue
+            if isinstance(message, Ack):
+                self._on_ack(message.seq)
+            elif isinstance(message, Command):
+                if self.on_command is not None:
+                    await self.on_command(message)
+            elif isinstance(message, Error):
+                self.last_error = f"{message.code}: {message.message}"
+                if message.code == ErrorCode.RATE_LIMITED and message.retry_after_ms:
+                    loop = asyncio.get_running_loop()
+                    self._throttle_until = loop.time() + message.retry_after_ms / 1000
+                if self.on_error is not None:
+                    self.on_error(message)
+                else:
+                    log.warning("gateway error: %s (seq %s)", self.last_error, message.seq)
+
+    def _on_ack(self, seq: int) -> None:
+        if seq > self.acked_seq:
+            self.acked_seq = seq
+        self.outbox.acked(self.acked_seq)
+        if self._ack_waiters:
+            remaining = []
+            for wanted, future in self._ack_waiters:
+                if wanted <= self.acked_seq:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    remaining.append((wanted, future))
+            self._ack_waiters = remaining
+        self._wake.set()
+
+    async def _send_loop(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            delay = self._throttle_until - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            room = self.window - (self.sent_seq - self.acked_seq)
+            batch = self.outbox.pending(self.sent_seq, min(self.max_batch, room)) if room > 0 else []
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            parts: list[bytes] = []
+            size = 0
+            for seq, raw in batch:
+                if parts and size + len(raw) > self.max_frame_bytes:
+                    break
+                parts.append(raw)
+                size += len(raw) + 1
+                self.sent_seq = seq
+            await ws.send(b'{"type":"events","events":[' + b",".join(parts) + b"]}", text=True)

@@ -1,0 +1,159 @@
+"""Protocol v1: every message and event type, defined once.
+
+The SDK, the node agent, the gateway, the simulator and the read API all
+import these definitions; docs/protocol.md describes the same shapes for
+clients in other languages.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Envelope(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=True):
+    """Fields every event carries, whatever its kind.
+
+    ``agent`` is only needed where the transport does not say which agent
+    sent the event (NDJSON posts with a multi-agent credential); the gateway
+    fills it in, and sets ``received`` to its own clock, before storing.
+    """
+
+    seq: Seq
+    ts: Timestamp
+    session: Identifier
+    agent: str | None = None
+    received: datetime | None = None
+
+
+class Log(Envelope, tag="log"):
+    stream: Literal["stdout", "stderr"]
+    line: str
+
+
+class Thought(Envelope, tag="thought"):
+    text: str
+
+
+class LlmCall(Envelope, tag="llm_call"):
+    model: str
+    input_tokens: NonNegativeInt
+    output_tokens: NonNegativeInt
+    duration_ms: NonNegativeFloat
+    cost_usd: NonNegativeFloat | None = None
+    cached_input_tokens: NonNegativeInt = 0
+
+
+class ToolCall(Envelope, tag="tool_call"):
+    call_id: Identifier
+    tool: Identifier
+    args: dict[str, Any] = {}
+
+
+class ToolResult(Envelope, tag="tool_result"):
+    call_id: Identifier
+    ok: bool
+    duration_ms: NonNegativeFloat
+    error: str | None = None
+    output: Any = None
+
+
+class Heartbeat(Envelope, tag="heartbeat"):
+    cpu_percent: NonNegativeFloat | None = None
+    rss_bytes: NonNegativeInt | None = None
+
+
+class Lifecycle(Envelope, tag="lifecycle"):
+    state: Identifier
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class PolicyDecision(Envelope, tag="policy"):
+    decision: Literal["allow", "deny", "require_approval"]
+    tool: Identifier
+    rule: str | None = None
+    reason: str | None = None
+
+
+Event = Log | Thought | LlmCall | ToolCall | ToolResult | Heartbeat | Lifecycle | PolicyDecision
+
+EVENT_TYPES: dict[str, type[Envelope]] = {
+    "log": Log,
+    "thought": Thought,
+    "llm_call": LlmCall,
+    "tool_call": ToolCall,
+    "tool_result": ToolResult,
+    "heartbeat": Heartbeat,
+    "lifecycle": Lifecycle,
+    "policy": PolicyDecision,
+}
+KINDS: tuple[str, ...] = tuple(EVENT_TYPES)
+
+
+# --- client -> gateway -----------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag_field="type", tag="hello", kw_only=True, omit_defaults=True):
+    agent: Identifier
+    env: Identifier
+    region: str = ""
+    labels: dict[str, str] = {}
+    release: str | None = None
+    token: str | None = None
+    protocol: int = PROTOCOL_VERSION
+
+
+class Events(msgspec.Struct, tag_field="type", tag="events", kw_only=True):
+    events: list[Event]
+
+
+ClientMessage = Hello | Events
+
+
+# --- gateway -> client -----------------------------------------------------
+
+
+class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True):
+    ack: NonNegativeInt
+    protocol: int = PROTOCOL_VERSION
+    max_frame_bytes: int = 1 << 20
+    max_events_per_frame: int = 10_000
+
+
+class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True):
+    seq: NonNegativeInt
+
+
+class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
+    code: str
+    message: str
+    seq: int | None = None
+    retry_after_ms: int | None = None
+
+
+CommandAction = Literal["restart", "stop", "quarantine", "release", "policy"]
+
+
+class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True, omit_defaults=True):
+    id: str
+    action: CommandAction
+    reason: str | None = None
+    payload: dict[str, Any] = {}
+
+
+ServerMessage = Welcome | Ack | Error | Command
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
