@@ -19,11 +19,16 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from clawtrace.cli.demo import demo
+    from clawtrace.cli.replay import replay
     from clawtrace.cli.run import run
     from clawtrace.cli.simulate import simulate
+    from clawtrace.cli.tail import tail
+    from clawtrace.cli.token import token
+    from clawtrace.cli.up import up
 
-    cli.add_command(run)
-    cli.add_command(simulate)
+    for command in (up, demo, token, run, tail, replay, simulate):
+        cli.add_command(command)
 
 
 def main() -> None:

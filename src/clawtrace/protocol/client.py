@@ -167,7 +167,7 @@ class UplinkClient:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def wait_acked(self, seq: int, timeout: float) -> None:
+    async def wait_acked(self, seq: int, timeout: float) -> None:  # noqa: ASYNC109
         if self.acked_seq >= seq:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

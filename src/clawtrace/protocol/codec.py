@@ -93,15 +93,14 @@ def _check_utf8(data: bytes | str) -> bytes | str:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FrameError(
-                ErrorCode.INVALID_UTF8, f"frame is not valid UTF-8 (byte {exc.start})"
-            ) from None
+            raise FrameError(ErrorCode.INVALID_UTF8, f"frame is not valid UTF-8 (byte {exc.start})") from None
     return data
 
 
 def decode_event(raw: bytes | str) -> Event:
     """Decode one event, raising ``msgspec.ValidationError``/``DecodeError``."""
-    return _event_decoder.decode(raw)
+    event: Event = _event_decoder.decode(raw)
+    return event
 
 
 def describe_event_error(raw: bytes | str, exc: Exception) -> Error:
@@ -182,4 +181,5 @@ _server_decoder: Final = msgspec.json.Decoder(ServerMessage)
 
 def decode_server_message(data: bytes | str) -> ServerMessage:
     """Decode a frame sent by the gateway (used by node agents and clients)."""
-    return _server_decoder.decode(data)
+    message: ServerMessage = _server_decoder.decode(data)
+    return message

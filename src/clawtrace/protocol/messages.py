@@ -17,6 +17,8 @@ PROTOCOL_VERSION = 1
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Agent ids appear in URL paths and bus subjects: no slashes, dots, spaces or wildcards.
+AgentId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_:@-]*$")]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -32,7 +34,7 @@ class Envelope(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=Tru
     seq: Seq
     ts: Timestamp
     session: Identifier
-    agent: str | None = None
+    agent: AgentId | None = None
     received: datetime | None = None
 
 
@@ -105,8 +107,8 @@ KINDS: tuple[str, ...] = tuple(EVENT_TYPES)
 
 
 class Hello(msgspec.Struct, tag_field="type", tag="hello", kw_only=True, omit_defaults=True):
-    agent: Identifier
-    env: Identifier
+    agent: AgentId
+    env: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
     region: str = ""
     labels: dict[str, str] = {}
     release: str | None = None
@@ -140,6 +142,8 @@ class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
     message: str
     seq: int | None = None
     retry_after_ms: int | None = None
+    # NDJSON posts only: the 1-based line of the body the error is about.
+    line: int | None = None
 
 
 CommandAction = Literal["restart", "stop", "quarantine", "release", "policy"]

@@ -1,0 +1,3 @@
+from clawtrace.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""Options shared by the commands that talk to a running gateway or a data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_GATEWAY = "http://127.0.0.1:7420"
+
+
+def gateway_options(func: F) -> F:
+    func = click.option(
+        "--token",
+        envvar="CLAWTRACE_TOKEN",
+        required=True,
+        help="API credential (viewer role or above). Env: CLAWTRACE_TOKEN.",
+    )(func)
+    func = click.option(
+        "--gateway",
+        envvar="CLAWTRACE_GATEWAY",
+        default=DEFAULT_GATEWAY,
+        show_default=True,
+        help="Gateway base URL. Env: CLAWTRACE_GATEWAY.",
+    )(func)
+    return func
+
+
+def data_dir_option(func: F) -> F:
+    return click.option(
+        "--data-dir",
+        envvar="CLAWTRACE_DATA_DIR",
+        default=".clawtrace",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help="Where the embedded gateway keeps its SQLite store. Env: CLAWTRACE_DATA_DIR.",
+    )(func)
+
+
+def http_base(gateway: str) -> str:
+    """Accept ws:// or http:// forms of the gateway address."""
+    base = gateway.rstrip("/")
+    if base.startswith("ws://"):
+        base = "http://" + base[len("ws://") :]
+    elif base.startswith("wss://"):
+        base = "https://" + base[len("wss://") :]
+    if base.endswith("/v1/agent"):
+        base = base[: -len("/v1/agent")]
+    return base

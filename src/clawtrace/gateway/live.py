@@ -1,0 +1,131 @@
+"""The live hub: pushes stored events to viewers as they arrive.
+
+It listens on the bus for committed event batches (subject
+``events.<env>.<agent>``, payload one event JSON per line) and fans them out
+to viewers whose filter matches. A slow viewer loses events (and is told how
+many), never slows ingest down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from clawtrace.bus import Bus, Subscription
+
+log = logging.getLogger("clawtrace.gateway.live")
+
+EVENTS_SUBJECT = "events"
+
+
+def events_subject(env: str, agent: str) -> str:
+    return f"{EVENTS_SUBJECT}.{env}.{agent}"
+
+
+class _Kind(msgspec.Struct):
+    kind: str = ""
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
+@dataclass(eq=False)
+class Viewer:
+    send: Callable[[bytes], Awaitable[None]]
+    envs: frozenset[str] | None
+    agent: str | None = None
+    env: str | None = None
+    kinds: frozenset[str] = frozenset()
+    max_queued: int = 10_000
+    queued: int = 0
+    dropped: int = 0
+    _chunks: list[list[bytes]] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wants(self, env: str, agent: str) -> bool:
+        if self.envs is not None and env not in self.envs:
+            return False
+        if self.env is not None and env != self.env:
+            return False
+        return self.agent is None or agent == self.agent
+
+    def offer(self, lines: list[bytes]) -> None:
+        if self.queued + len(lines) > self.max_queued:
+            self.dropped += len(lines)
+            return
+        self._chunks.append(lines)
+        self.queued += len(lines)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                notice = msgspec.json.encode(
+                    {
+                        "type": "error",
+                        "code": "lagging",
+                        "message": f"{dropped} events were dropped because this viewer fell behind",
+                    }
+                )
+                await self.send(notice)
+            while self._chunks:
+                chunks, self._chunks = self._chunks, []
+                lines = [line for chunk in chunks for line in chunk]
+                self.queued -= len(lines)
+                await self.send(b'{"type":"events","events":[' + b",".join(lines) + b"]}")
+
+
+class LiveHub:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.viewers: set[Viewer] = set()
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self.bus.subscribe(f"{EVENTS_SUBJECT}.>", self._on_events)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+
+    def _on_events(self, subject: str, data: bytes) -> None:
+        if not self.viewers:
+            return
+        _, env, agent = subject.split(".", 2)
+        lines: list[bytes] | None = None
+        kinds: list[str] | None = None
+        for viewer in self.viewers:
+            if not viewer.wants(env, agent):
+                continue
+            if lines is None:
+                lines = data.split(b"\n")
+            if viewer.kinds:
+                if kinds is None:
+                    kinds = [_kind_decoder.decode(line).kind for line in lines]
+                selected = [line for line, kind in zip(lines, kinds, strict=True) if kind in viewer.kinds]
+                if selected:
+                    viewer.offer(selected)
+            else:
+                viewer.offer(lines)
+
+    async def serve(self, viewer: Viewer, until_closed: Awaitable[None]) -> None:
+        """Stream to ``viewer`` until ``until_closed`` completes or sending fails."""
+        self.viewers.add(viewer)
+        sender = asyncio.ensure_future(viewer.run())
+        closed = asyncio.ensure_future(until_closed)
+        try:
+            await asyncio.wait({sender, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.viewers.discard(viewer)
+            for task in (sender, closed):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

@@ -1,0 +1,233 @@
+"""The ingest pipeline: validate order, dedupe, redact, store, then fan out.
+
+receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -> store writer ->
+bus (``events.<env>.<agent>``) -> live hub (and, later, metrics and alerts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from clawtrace.bus import Bus
+from clawtrace.gateway.live import events_subject
+from clawtrace.gateway.redaction import Redactor
+from clawtrace.gateway.writer import StoreWriter
+from clawtrace.protocol import (
+    EVENT_TYPES,
+    Error,
+    ErrorCode,
+    Event,
+    Heartbeat,
+    Log,
+    Thought,
+    ToolCall,
+    ToolResult,
+    encode,
+    utc_now,
+)
+from clawtrace.store import AgentEnvMismatch, AgentInfo, Store, WriteBatch
+
+log = logging.getLogger("clawtrace.gateway.pipeline")
+
+_KIND_OF: dict[type, str] = {cls: kind for kind, cls in EVENT_TYPES.items()}
+
+
+class AgentLink(Protocol):
+    """What the pipeline needs of an agent's live connection."""
+
+    async def replaced(self) -> None: ...
+
+    async def send_command(self, data: bytes) -> None: ...
+
+
+@dataclass(eq=False)
+class AgentState:
+    info: AgentInfo
+    # Highest seq handed to the writer: anything at or below is a duplicate.
+    accepted_seq: int
+    link: AgentLink | None = None
+    last_write: asyncio.Future[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    write: asyncio.Future[None] | None
+    errors: list[Error]
+    highest_seq: int
+    accepted: int
+    duplicates: int
+
+
+@dataclass
+class PipelineStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+class Pipeline:
+    def __init__(self, store: Store, writer: StoreWriter, bus: Bus, redactor: Redactor) -> None:
+        self.store = store
+        self.writer = writer
+        self.bus = bus
+        self.redactor = redactor
+        self.agents: dict[str, AgentState] = {}
+        self.stats = PipelineStats()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._fanout: set[asyncio.Task[None]] = set()
+
+    def _lock(self, agent: str) -> asyncio.Lock:
+        lock = self._locks.get(agent)
+        if lock is None:
+            lock = self._locks[agent] = asyncio.Lock()
+        return lock
+
+    async def _settle(self, state: AgentState | None) -> None:
+        """Wait until everything already accepted for an agent is written."""
+        if state is not None and state.last_write is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(state.last_write)
+
+    async def attach(self, info: AgentInfo, link: AgentLink) -> AgentState:
+        """A node agent said hello: register it and return its state.
+
+        A previous connection of the same agent is closed first, and its
+        writes are allowed to finish, so the ``welcome`` ack is exact.
+        Raises ``AgentEnvMismatch`` when the id belongs to another environment.
+        """
+        async with self._lock(info.agent):
+            previous = self.agents.get(info.agent)
+            if previous is not None and previous.link is not None and previous.link is not link:
+                old_link, previous.link = previous.link, None
+                await old_link.replaced()
+            await self._settle(previous)
+            last_seq = await self.writer.call(lambda store: store.register_agent(info, time.time()))
+            state = AgentState(info=info, accepted_seq=last_seq, link=link)
+            self.agents[info.agent] = state
+            return state
+
+    async def detach(self, state: AgentState, link: AgentLink) -> None:
+        if state.link is not link:
+            return  # replaced by a newer connection, which owns the registry row now
+        state.link = None
+        agent = state.info.agent
+        await self.writer.call(lambda store: store.mark_disconnected(agent, time.time()))
+
+    async def agent_for_post(self, agent: str, env: str) -> AgentState:
+        """The state of an agent that posts over HTTP instead of holding a socket."""
+        async with self._lock(agent):
+            state = self.agents.get(agent)
+            if state is not None:
+                if state.info.env != env:
+                    raise AgentEnvMismatch(
+                        f"agent {agent!r} is registered in environment {state.info.env!r}, not {env!r}"
+                    )
+                return state
+            existing = await self.writer.call(lambda store: store.get_agent(agent))
+            if existing is not None:
+                info = AgentInfo(agent, existing.env, existing.region, existing.labels, existing.release)
+            else:
+                info = AgentInfo(agent, env, "", {}, None)
+            if info.env != env:
+                raise AgentEnvMismatch(
+                    f"agent {agent!r} is registered in environment {info.env!r}, not {env!r}"
+                )
+            last_seq = await self.writer.call(
+                lambda store: store.register_agent(info, time.time(), connected=False)
+            )
+            state = AgentState(info=info, accepted_seq=last_seq)
+            self.agents[agent] = state
+            return state
+
+    def ingest(self, state: AgentState, events: list[Event], last_seen: int) -> IngestResult:
+        """Accept events that follow ``last_seen`` on this connection.
+
+        Events must arrive in increasing seq order per connection; seqs at or
+        below what is already stored are duplicates (a resend after
+        reconnect) and are dropped silently. The write future resolves once
+        the accepted events are committed.
+        """
+        agent = state.info.agent
+        received_at = utc_now()
+        received = received_at.timestamp()
+        batch = WriteBatch()
+        errors: list[Error] = []
+        lines: list[bytes] = []
+        duplicates = 0
+        redact = self.redactor
+        for event in events:
+            seq = event.seq
+            if seq <= last_seen:
+                errors.append(
+                    Error(
+                        code=ErrorCode.SEQ_NOT_INCREASING,
+                        message=f"seq {seq} is not above the previous seq {last_seen} on this connection",
+                        seq=seq,
+                    )
+                )
+                continue
+            last_seen = seq
+            if event.agent is not None and event.agent != agent:
+                errors.append(
+                    Error(
+                        code=ErrorCode.INVALID_EVENT,
+                        message=f"event names agent {event.agent!r} but this connection is agent {agent!r}",
+                        seq=seq,
+                    )
+                )
+                continue
+            if seq <= state.accepted_seq:
+                duplicates += 1
+                continue
+            state.accepted_seq = seq
+            if isinstance(event, Log):
+                event.line = redact.text(event.line)
+            elif isinstance(event, Thought):
+                event.text = redact.text(event.text)
+            elif isinstance(event, ToolCall):
+                event.args = redact.value(event.args)
+            elif isinstance(event, ToolResult):
+                if event.error is not None:
+                    event.error = redact.text(event.error)
+                if event.output is not None:
+                    event.output = redact.value(event.output)
+            event.agent = agent
+            event.received = received_at
+            data = encode(event)
+            lines.append(data)
+            heartbeat = (event.cpu_percent, event.rss_bytes) if isinstance(event, Heartbeat) else None
+            batch.add(
+                (agent, seq, event.session, _KIND_OF[type(event)], event.ts.timestamp(), received, data),
+                heartbeat=heartbeat,
+            )
+        self.stats.duplicates += duplicates
+        self.stats.rejected += len(errors)
+        self.stats.accepted += len(lines)
+        write: asyncio.Future[None] | None = None
+        if lines:
+            write = self.writer.submit(batch)
+            state.last_write = write
+            subject = events_subject(state.info.env, agent)
+            payload = b"\n".join(lines)
+            write.add_done_callback(lambda done: self._fan_out(done, subject, payload))
+        return IngestResult(write, errors, last_seen, len(lines), duplicates)
+
+    def _fan_out(self, write: asyncio.Future[None], subject: str, payload: bytes) -> None:
+        if write.cancelled() or write.exception() is not None:
+            return
+        task = asyncio.ensure_future(self.bus.publish(subject, payload))
+        self._fanout.add(task)
+        task.add_done_callback(self._fanout.discard)
+
+    async def send_command(self, agent: str, data: bytes) -> bool:
+        state = self.agents.get(agent)
+        if state is None or state.link is None:
+            return False
+        await state.link.send_command(data)
+        return True

@@ -1,0 +1,75 @@
+"""Gateway settings: defaults, a TOML file, then command-line overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class RedactionPattern(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    pattern: str
+    # Literal substrings of which at least one occurs in every match; lets
+    # the redactor skip the regex for the vast majority of lines.
+    hints: list[str] = []
+
+
+class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    retention_days: float | None = None
+
+
+class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 7420
+    data_dir: str = ".clawtrace"
+    store: str = "sqlite://"
+    bus: str = "memory://"
+    max_frame_bytes: int = 1 << 20
+    max_events_per_frame: int = 10_000
+    # Per connection; a flood beyond it is slowed down (backpressure), then closed.
+    rate_limit_events_per_second: float = 20_000.0
+    rate_limit_burst: int = 40_000
+    rate_limit_max_delay_seconds: float = 5.0
+    retention_days: float = 30.0
+    retention_interval_seconds: float = 300.0
+    environments: dict[str, EnvironmentSettings] = {}
+    redact_defaults: bool = True
+    redact: list[RedactionPattern] = []
+    writer_max_batch_rows: int = 10_000
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def retention_for(self, env: str) -> float:
+        env_settings = self.environments.get(env)
+        if env_settings is not None and env_settings.retention_days is not None:
+            return env_settings.retention_days
+        return self.retention_days
+
+
+class SettingsError(Exception):
+    pass
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Read ``path`` (TOML, optional ``[gateway]`` table) and apply non-None overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        raw = dict(document.get("gateway", document))
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return msgspec.convert(raw, GatewaySettings)
+    except msgspec.ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise SettingsError(f"invalid setting{where}: {exc}") from None

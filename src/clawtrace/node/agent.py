@@ -1,0 +1,463 @@
+"""The node agent: one supervised agent process and its link to the gateway.
+
+Everything the child says (stdout, stderr, SDK events) and everything that
+happens to it (started, exited, restarting, stopped, heartbeats) becomes an
+event, is written to the spool, and is sent by the ``UplinkClient`` whenever
+the gateway is reachable. The child never waits for the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+import psutil
+
+from clawtrace.node.local import SOCKET_ENV, LocalServer
+from clawtrace.node.spool import Spool
+from clawtrace.node.supervisor import (
+    Backoff,
+    LifecycleChange,
+    RestartPolicy,
+    Stream,
+    Supervisor,
+)
+from clawtrace.protocol.client import RefusedError, UplinkClient
+from clawtrace.protocol.messages import (
+    Command,
+    Envelope,
+    Event,
+    Heartbeat,
+    Hello,
+    Lifecycle,
+    Log,
+    utc_now,
+)
+
+log = logging.getLogger("clawtrace.node.agent")
+
+SESSION_ENV: Final = "CLAWTRACE_SESSION"
+AGENT_ENV: Final = "CLAWTRACE_AGENT"
+# Secrets of the node agent that the supervised (and possibly misbehaving)
+# agent process has no business reading.
+SCRUBBED_ENV: Final = ("CLAWTRACE_TOKEN",)
+# Kinds the agent process may report itself; heartbeats and lifecycle
+# changes are the node agent's own observations.
+SDK_KINDS: Final = frozenset({"log", "thought", "llm_call", "tool_call", "tool_result", "policy"})
+# Keeps any one event well under the gateway's 1 MiB frame limit, even
+# after JSON escaping, so one huge tool output cannot wedge the spool.
+MAX_FIELD_CHARS: Final = 64 * 1024
+MAX_EVENT_BYTES: Final = 900 * 1024
+PREVIEW_CHARS: Final = 4096
+CHILD_FILE: Final = "child.json"
+
+E = TypeVar("E", bound=Envelope)
+
+_json: Final = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    agent: str
+    env: str
+    command: list[str]
+    gateway: str
+    spool_dir: Path
+    token: str | None = None
+    region: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    release: str | None = None
+    heartbeat_interval: float = 10.0
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    backoff: Backoff = field(default_factory=Backoff)
+    stop_timeout: float = 10.0
+    drain_timeout: float = 5.0
+    # Longest pause between reconnect attempts (jittered by the client):
+    # bounds how long a recovered gateway waits for this agent's backlog.
+    reconnect_max: float = 10.0
+    echo: bool = True
+    cwd: str | None = None
+
+
+class GatewayRefused(Exception):
+    """The gateway refused this node agent's credential; retrying will not help."""
+
+
+class _Usage:
+    """CPU % and RSS of a process tree, summed over the child and its descendants."""
+
+    def __init__(self) -> None:
+        # psutil computes cpu_percent against the previous call on the same
+        # Process object, so the objects are kept between samples.
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int) -> tuple[float, int] | None:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return None
+        cpu = 0.0
+        rss = 0
+        seen: dict[int, psutil.Process] = {}
+        for proc in tree:
+            cached = self._procs.get(proc.pid)
+            if cached is None or cached != proc:
+                cached = proc
+            try:
+                with cached.oneshot():
+                    cpu += cached.cpu_percent(None)
+                    rss += cached.memory_info().rss
+            except psutil.Error:
+                continue
+            seen[proc.pid] = cached
+        self._procs = seen
+        return round(cpu, 1), rss
+
+    def reset(self) -> None:
+        self._procs.clear()
+
+
+def _truncate_text(value: str) -> str:
+    cut = len(value) - MAX_FIELD_CHARS
+    return value[:MAX_FIELD_CHARS] + f" ...[{cut} chars truncated]"
+
+
+def bound_event(event: E) -> E | None:
+    """Cut oversized fields so the event fits in a frame; None if it cannot."""
+    changes: dict[str, Any] = {}
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if isinstance(value, str):
+            if len(value) > MAX_FIELD_CHARS:
+                changes[name] = _truncate_text(value)
+        elif isinstance(value, dict | list) and value:
+            raw = _json.encode(value)
+            if len(raw) > MAX_FIELD_CHARS:
+                preview = raw[:PREVIEW_CHARS].decode("utf-8", errors="ignore")
+                note = f"[{len(raw)} bytes of JSON truncated] {preview}"
+                changes[name] = {"_truncated": note} if isinstance(value, dict) else note
+    if changes:
+        event = msgspec.structs.replace(event, **changes)
+    if len(_json.encode(event)) > MAX_EVENT_BYTES:
+        return None
+    return event
+
+
+def _parse_ts(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        return None
+    return ts if ts.tzinfo is not None else None
+
+
+class NodeAgent:
+    """Supervises one agent process and streams what it does to the gateway."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.session = str(uuid.uuid4())
+        self.spool: Spool | None = None
+        self.client: UplinkClient | None = None
+        self.supervisor: Supervisor | None = None
+        self.local = LocalServer(self._on_sdk_messages)
+        self._usage = _Usage()
+        self._echo = config.echo
+        self._seen_commands: deque[str] = deque(maxlen=256)
+        self.sdk_rejected = 0
+        self.events_dropped = 0
+        self._refused: str | None = None
+
+    # --- emitting events ----------------------------------------------------
+
+    def _stamp(self, cls: type[E], **fields: Any) -> E:
+        # seq=1 is a placeholder: the spool assigns the real one.
+        return cls(seq=1, ts=utc_now(), session=self.session, **fields)
+
+    def emit(self, events: list[Event]) -> None:
+        """Write events to the spool (durably) and wake the sender."""
+        spool = self.spool
+        if spool is None or not events:
+            return
+        try:
+            spool.append(events)
+        except Exception:
+            # Disk full or the spool file gone: the child must keep running,
+            # so count the loss and say so instead of crashing.
+            self.events_dropped += len(events)
+            log.exception("could not write %d events to the spool; they are lost", len(events))
+            return
+        if self.client is not None:
+            self.client.notify()
+
+    def _on_lines(self, stream: Stream, lines: list[str]) -> None:
+        if self._echo:
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            try:
+                out.write("".join(line + "\n" for line in lines))
+                out.flush()
+            except (OSError, ValueError):
+                self._echo = False
+        self.emit([self._stamp(Log, stream=stream, line=line) for line in lines])
+
+    def _on_lifecycle(self, change: LifecycleChange) -> None:
+        if change.state == "started" and change.pid is not None:
+            self._usage.reset()
+            self._usage.sample(change.pid)  # primes cpu_percent for the first heartbeat
+            self._remember_child(change.pid)
+        elif change.state == "exited":
+            self._forget_child()
+        self.emit(
+            [self._stamp(Lifecycle, state=change.state, exit_code=change.exit_code, reason=change.reason)]
+        )
+
+    def _on_sdk_messages(self, messages: list[dict[str, Any]]) -> None:
+        events: list[Event] = []
+        for message in messages:
+            event = self._from_sdk(message)
+            if event is not None:
+                events.append(event)
+        self.emit(events)
+
+    def _from_sdk(self, message: dict[str, Any]) -> Event | None:
+        kind = message.get("kind")
+        if kind not in SDK_KINDS:
+            allowed = ", ".join(sorted(SDK_KINDS))
+            self._reject_sdk(f"kind {kind!r} cannot be sent by the SDK (allowed: {allowed})")
+            return None
+        # The SDK stamps ts when the call happened; the envelope's other
+        # fields are the node agent's to assign.
+        fields = {k: v for k, v in message.items() if k not in ("seq", "session", "agent", "received", "ts")}
+        fields["ts"] = _parse_ts(message.get("ts")) or utc_now()
+        fields["seq"] = 1
+        fields["session"] = self.session
+        try:
+            event: Event = msgspec.convert(fields, Event)
+        except msgspec.ValidationError as exc:
+            self._reject_sdk(f"invalid {kind} event: {exc}")
+            return None
+        bounded = bound_event(event)
+        if bounded is None:
+            self._reject_sdk(f"{kind} event too large even after truncation")
+        return bounded
+
+    def _reject_sdk(self, why: str) -> None:
+        self.sdk_rejected += 1
+        # The first few tell the developer what is wrong; after that, a
+        # buggy agent must not flood the node agent's own log.
+        if self.sdk_rejected <= 10 or self.sdk_rejected % 1000 == 0:
+            log.warning("ignoring an SDK message (%d so far): %s", self.sdk_rejected, why)
+
+    # --- child bookkeeping ----------------------------------------------------
+
+    def _child_env(self) -> Mapping[str, str]:
+        self.session = str(uuid.uuid4())
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        # A Python child writing to a pipe would otherwise buffer its output
+        # in 8 KiB blocks and its lines would arrive late.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.local.path is not None:
+            env[SOCKET_ENV] = self.local.path
+        env[SESSION_ENV] = self.session
+        env[AGENT_ENV] = self.config.agent
+        return env
+
+    def _remember_child(self, pid: int) -> None:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return
+        path = self.config.spool_dir / CHILD_FILE
+        with contextlib.suppress(OSError):
+            path.write_text(json.dumps({"pid": pid, "create_time": created}))
+
+    def _forget_child(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.config.spool_dir / CHILD_FILE).unlink()
+
+    def _reap_orphan(self) -> None:
+        """Stop a child left running by a node agent that was killed (kill -9)."""
+        path = self.config.spool_dir / CHILD_FILE
+        try:
+            info = json.loads(path.read_text())
+            pid, created = int(info["pid"]), float(info["create_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        try:
+            proc = psutil.Process(pid)
+            # Same pid and start time: really our old child, not a reused pid.
+            if abs(proc.create_time() - created) > 0.01:
+                return
+        except psutil.Error:
+            return
+        finally:
+            self._forget_child()
+        log.warning("stopping pid %d, left running by a previous node agent for this spool", pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        try:
+            proc.wait(self.config.stop_timeout)
+        except psutil.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        except psutil.Error:
+            pass
+
+    # --- gateway commands ---------------------------------------------------
+
+    async def _on_command(self, command: Command) -> None:
+        # Runs inside the client's receive loop: must return at once (acks
+        # are read by the same loop), so it only flags the supervisor.
+        if command.id in self._seen_commands:
+            return
+        self._seen_commands.append(command.id)
+        supervisor = self.supervisor
+        why = f"{command.action} command {command.id}" + (f": {command.reason}" if command.reason else "")
+        if supervisor is None:
+            return
+        if command.action == "restart":
+            log.info("gateway asked for a restart (%s)", why)
+            supervisor.restart(why)
+        elif command.action == "stop":
+            log.info("gateway asked for a stop (%s)", why)
+            supervisor.stop(why)
+        else:
+            log.warning("ignoring %s: this node agent does not support %r commands yet", why, command.action)
+
+    # --- loops ----------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            pid = self.supervisor.pid if self.supervisor is not None else None
+            usage = self._usage.sample(pid) if pid is not None else None
+            if usage is None:
+                self.emit([self._stamp(Heartbeat)])
+            else:
+                cpu, rss = usage
+                self.emit([self._stamp(Heartbeat, cpu_percent=cpu, rss_bytes=rss)])
+
+    async def _uplink(self, client: UplinkClient) -> None:
+        # client.run() only returns on close(); anything unexpected is logged
+        # and the link restarted, because the child must not notice.
+        while True:
+            try:
+                await client.run()
+                return
+            except RefusedError:
+                raise
+            except Exception:
+                log.exception("gateway link failed unexpectedly; reconnecting in 5 s")
+                await asyncio.sleep(5)
+
+    def _install_signals(self, supervisor: Supervisor) -> list[int]:
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, supervisor.shutdown, signum)
+            installed.append(signum)
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(signum, supervisor.forward, signum)
+            installed.append(signum)
+        return installed
+
+    async def run(self) -> int:
+        """Run until the child is done for good; returns the exit status to use.
+
+        Raises ``GatewayRefused`` (after stopping the child) when the gateway
+        rejects the credential, ``SpoolError`` when the spool is unusable and
+        ``SpawnError`` when the command cannot be started.
+        """
+        cfg = self.config
+        self.spool = spool = Spool(cfg.spool_dir, cfg.agent)
+        installed: list[int] = []
+        tasks: list[asyncio.Task[Any]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            self._reap_orphan()
+            await self.local.start()
+            hello = Hello(
+                agent=cfg.agent, env=cfg.env, region=cfg.region, labels=cfg.labels, release=cfg.release
+            )
+            self.client = client = UplinkClient(
+                cfg.gateway,
+                hello,
+                spool,
+                token=cfg.token,
+                on_command=self._on_command,
+                reconnect_max=cfg.reconnect_max,
+            )
+            self.supervisor = supervisor = Supervisor(
+                cfg.command,
+                on_lines=self._on_lines,
+                on_lifecycle=self._on_lifecycle,
+                env=self._child_env,
+                cwd=cfg.cwd,
+                policy=cfg.restart,
+                backoff=cfg.backoff,
+                stop_timeout=cfg.stop_timeout,
+            )
+            installed = self._install_signals(supervisor)
+            uplink = asyncio.create_task(self._uplink(client), name="clawtrace-uplink")
+            child = asyncio.create_task(supervisor.run(), name="clawtrace-supervisor")
+            heartbeats = asyncio.create_task(self._heartbeats(), name="clawtrace-heartbeat")
+            tasks = [uplink, child, heartbeats]
+            await asyncio.wait({uplink, child}, return_when=asyncio.FIRST_COMPLETED)
+            if not child.done():
+                # The uplink ended first: only a refused credential does that.
+                exc = uplink.exception()
+                reason = str(exc) if exc is not None else "connection closed"
+                log.error("gateway %s refused this node agent: %s; stopping the child", client.url, reason)
+                supervisor.shutdown(signal.SIGTERM)
+                await child
+                raise GatewayRefused(reason)
+            status = child.result()
+            # The child is gone for good: nothing left to beat for.
+            heartbeats.cancel()
+            await self._drain(client, spool)
+            return status
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+            await self.local.close()
+            spool.close()
+
+    async def _drain(self, client: UplinkClient, spool: Spool) -> None:
+        """Give the gateway a few seconds to ack what is spooled; the rest waits on disk."""
+        last = spool.last_seq
+        if client.acked_seq >= last or spool.count() == 0:
+            return
+        try:
+            await client.wait_acked(last, self.config.drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "%d events not yet acknowledged by the gateway; they stay in %s and are sent "
+                "the next time this agent runs",
+                spool.count(),
+                self.config.spool_dir,
+            )

@@ -1,0 +1,251 @@
+"""The store interface every backend implements, and the records it returns."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+# (agent, seq, session, kind, ts, received, data): the hot-path row shape.
+EventRow = tuple[str, int, str, str, float, float, bytes]
+
+
+class AgentRecord(msgspec.Struct, kw_only=True):
+    agent: str
+    env: str
+    region: str
+    labels: dict[str, str]
+    release: str | None
+    connected: bool
+    first_seen: float
+    last_connect: float | None
+    last_disconnect: float | None
+    last_event: float | None
+    last_heartbeat: float | None
+    last_seq: int
+    cpu_percent: float | None
+    rss_bytes: int | None
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    agent: str
+    session: str
+    first_seq: int
+    last_seq: int
+    started: float
+    last_ts: float
+    events: int
+
+
+class TokenRecord(msgspec.Struct, kw_only=True):
+    id: str
+    secret_hash: str
+    env: str
+    role: str
+    name: str
+    created: float
+    expires: float | None
+    revoked: float | None
+
+
+@dataclass(slots=True)
+class AgentProgress:
+    last_seq: int
+    last_event: float
+    last_heartbeat: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+
+
+@dataclass(slots=True)
+class SessionProgress:
+    first_seq: int
+    last_seq: int
+    started: float
+    last_ts: float
+    events: int
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Events plus the registry and session bookkeeping that goes with them.
+
+    Written in one transaction, so the agents' ``last_seq`` (what a
+    reconnecting node agent is told in ``welcome``) never runs ahead of the
+    events actually stored.
+    """
+
+    rows: list[EventRow] = field(default_factory=list)
+    agents: dict[str, AgentProgress] = field(default_factory=dict)
+    sessions: dict[tuple[str, str], SessionProgress] = field(default_factory=dict)
+
+    def add(
+        self,
+        row: EventRow,
+        *,
+        heartbeat: tuple[float | None, int | None] | None = None,
+    ) -> None:
+        agent, seq, session, _kind, ts, received, _data = row
+        self.rows.append(row)
+        progress = self.agents.get(agent)
+        if progress is None:
+            progress = self.agents[agent] = AgentProgress(last_seq=seq, last_event=received)
+        else:
+            progress.last_seq = max(progress.last_seq, seq)
+            progress.last_event = max(progress.last_event, received)
+        if heartbeat is not None:
+            progress.last_heartbeat = received
+            progress.cpu_percent, progress.rss_bytes = heartbeat
+        key = (agent, session)
+        sess = self.sessions.get(key)
+        if sess is None:
+            self.sessions[key] = SessionProgress(seq, seq, ts, ts, 1)
+        else:
+            sess.first_seq = min(sess.first_seq, seq)
+            sess.last_seq = max(sess.last_seq, seq)
+            sess.started = min(sess.started, ts)
+            sess.last_ts = max(sess.last_ts, ts)
+            sess.events += 1
+
+    def merge(self, other: WriteBatch) -> None:
+        self.rows.extend(other.rows)
+        for agent, theirs in other.agents.items():
+            mine = self.agents.get(agent)
+            if mine is None:
+                self.agents[agent] = theirs
+                continue
+            mine.last_seq = max(mine.last_seq, theirs.last_seq)
+            mine.last_event = max(mine.last_event, theirs.last_event)
+            if theirs.last_heartbeat is not None:
+                mine.last_heartbeat = theirs.last_heartbeat
+                mine.cpu_percent, mine.rss_bytes = theirs.cpu_percent, theirs.rss_bytes
+        for key, theirs_s in other.sessions.items():
+            mine_s = self.sessions.get(key)
+            if mine_s is None:
+                self.sessions[key] = theirs_s
+                continue
+            mine_s.first_seq = min(mine_s.first_seq, theirs_s.first_seq)
+            mine_s.last_seq = max(mine_s.last_seq, theirs_s.last_seq)
+            mine_s.started = min(mine_s.started, theirs_s.started)
+            mine_s.last_ts = max(mine_s.last_ts, theirs_s.last_ts)
+            mine_s.events += theirs_s.events
+
+
+@dataclass(slots=True, frozen=True)
+class EventQuery:
+    agent: str
+    session: str | None = None
+    kinds: Sequence[str] = ()
+    since: float | None = None
+    until: float | None = None
+    after_seq: int = 0
+    limit: int = 500
+
+
+@dataclass(slots=True, frozen=True)
+class AgentInfo:
+    """What a node agent says about itself in ``hello``."""
+
+    agent: str
+    env: str
+    region: str
+    labels: dict[str, str]
+    release: str | None
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class AgentEnvMismatch(StoreError):
+    pass
+
+
+class Store(abc.ABC):
+    """Durable home of events, the agents registry, sessions and credentials.
+
+    Methods are synchronous and thread-safe; the gateway calls them from a
+    writer thread (writes) or a thread pool (reads).
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- ingest ---------------------------------------------------------
+    @abc.abstractmethod
+    def write(self, batch: WriteBatch) -> None:
+        """Store events (ignoring duplicates by agent and seq) in one transaction."""
+
+    @abc.abstractmethod
+    def register_agent(self, info: AgentInfo, now: float, connected: bool = True) -> int:
+        """Record a connection (or an HTTP post); return the highest seq stored for the agent.
+
+        Raises ``AgentEnvMismatch`` if the agent id belongs to another environment.
+        """
+
+    @abc.abstractmethod
+    def mark_disconnected(self, agent: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def mark_all_disconnected(self, now: float) -> None:
+        """At gateway start, nobody is connected yet."""
+
+    # --- reads ----------------------------------------------------------
+    @abc.abstractmethod
+    def get_agent(self, agent: str) -> AgentRecord | None: ...
+
+    @abc.abstractmethod
+    def list_agents(self, envs: Sequence[str] | None = None) -> list[AgentRecord]:
+        """All agents, or those in ``envs``."""
+
+    @abc.abstractmethod
+    def list_sessions(self, agent: str) -> list[SessionRecord]: ...
+
+    @abc.abstractmethod
+    def query_events(self, query: EventQuery) -> list[tuple[int, bytes]]:
+        """(seq, event JSON) ordered by seq, at most ``query.limit``."""
+
+    @abc.abstractmethod
+    def count_events(self) -> int: ...
+
+    # --- retention ------------------------------------------------------
+    @abc.abstractmethod
+    def prune(self, env: str, received_before: float, max_rows: int) -> tuple[int, bool]:
+        """Delete a slice of ``env``'s events received before the cutoff.
+
+        Returns (rows deleted, finished); callers loop until finished so that
+        retention never holds the write lock for long.
+        """
+
+    # --- credentials ----------------------------------------------------
+    @abc.abstractmethod
+    def add_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_token(self, token_id: str, now: float) -> bool: ...
+
+
+def labels_json(labels: dict[str, str]) -> str:
+    return msgspec.json.encode(labels).decode()
+
+
+def labels_from_json(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    value: Any = msgspec.json.decode(text)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

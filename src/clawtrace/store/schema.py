@@ -1,0 +1,71 @@
+"""The store's tables, defined once for every backend (SQLAlchemy Core).
+
+Migrations in ``migrations/`` create exactly these; the ingest hot path
+writes ``events`` with plain DB-API batches rather than through Core.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+events = sa.Table(
+    "events",
+    metadata,
+    # Insertion order doubles as receive order, which retention relies on.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("session", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Index("ix_events_agent_seq", "agent", "seq", unique=True),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("region", sa.Text, nullable=False, server_default=""),
+    sa.Column("labels", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("release", sa.Text, nullable=True),
+    sa.Column("connected", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_connect", sa.Float, nullable=True),
+    sa.Column("last_disconnect", sa.Float, nullable=True),
+    sa.Column("last_event", sa.Float, nullable=True),
+    sa.Column("last_heartbeat", sa.Float, nullable=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cpu_percent", sa.Float, nullable=True),
+    sa.Column("rss_bytes", sa.BigInteger, nullable=True),
+    sa.Index("ix_agents_env", "env"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("session", sa.Text, primary_key=True),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("last_ts", sa.Float, nullable=False),
+    sa.Column("events", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("secret_hash", sa.Text, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=True),
+    sa.Column("revoked", sa.Float, nullable=True),
+)

@@ -1,0 +1,345 @@
+"""SQLite backend: the embedded default, one file, WAL mode."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+from clawtrace.store import schema
+from clawtrace.store.base import (
+    AgentEnvMismatch,
+    AgentInfo,
+    AgentRecord,
+    EventQuery,
+    SessionRecord,
+    Store,
+    StoreError,
+    TokenRecord,
+    WriteBatch,
+    labels_from_json,
+    labels_json,
+)
+from clawtrace.store.migrate import upgrade_to_head
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # Survives a process crash (kill -9); an OS crash can lose the last commits.
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=OFF",
+)
+
+_INSERT_EVENTS = "INSERT OR IGNORE INTO events (agent, seq, session, kind, ts, received, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_AGENT = """
+UPDATE agents SET
+  last_seq = max(last_seq, ?),
+  last_event = max(coalesce(last_event, 0), ?),
+  last_heartbeat = coalesce(?, last_heartbeat),
+  cpu_percent = CASE WHEN ? THEN ? ELSE cpu_percent END,
+  rss_bytes = CASE WHEN ? THEN ? ELSE rss_bytes END
+WHERE agent = ?
+"""
+_UPSERT_SESSION = """
+INSERT INTO sessions (agent, session, first_seq, last_seq, started, last_ts, events)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (agent, session) DO UPDATE SET
+  first_seq = min(first_seq, excluded.first_seq),
+  last_seq = max(last_seq, excluded.last_seq),
+  started = min(started, excluded.started),
+  last_ts = max(last_ts, excluded.last_ts),
+  events = events + excluded.events
+"""
+
+
+def _agent_from_row(row: Any) -> AgentRecord:
+    return AgentRecord(
+        agent=row.agent,
+        env=row.env,
+        region=row.region,
+        labels=labels_from_json(row.labels),
+        release=row.release,
+        connected=bool(row.connected),
+        first_seen=row.first_seen,
+        last_connect=row.last_connect,
+        last_disconnect=row.last_disconnect,
+        last_event=row.last_event,
+        last_heartbeat=row.last_heartbeat,
+        last_seq=row.last_seq,
+        cpu_percent=row.cpu_percent,
+        rss_bytes=row.rss_bytes,
+    )
+
+
+def _token_from_row(row: Any) -> TokenRecord:
+    return TokenRecord(
+        id=row.id,
+        secret_hash=row.secret_hash,
+        env=row.env,
+        role=row.role,
+        name=row.name,
+        created=row.created,
+        expires=row.expires,
+        revoked=row.revoked,
+    )
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(self.url)
+        sa_event.listen(self.engine, "connect", self._on_connect)
+        # The hot path keeps one dedicated DB-API connection: batches through
+        # executemany are several times faster than through Core.
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._prune_from: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in _PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in _PRAGMAS:
+                conn.execute(pragma)
+            # Fewer, larger checkpoints keep big batches fast as the file grows.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._writer = conn
+        return self._writer
+
+    def migrate(self) -> None:
+        try:
+            with self.engine.begin() as connection:
+                upgrade_to_head(connection)
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open the SQLite store at {self.path}: {exc.orig}") from exc
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        self.engine.dispose()
+
+    # --- ingest ---------------------------------------------------------
+    def write(self, batch: WriteBatch) -> None:
+        agent_rows = []
+        for agent, p in batch.agents.items():
+            has_hb = p.last_heartbeat is not None
+            agent_rows.append(
+                (
+                    p.last_seq,
+                    p.last_event,
+                    p.last_heartbeat,
+                    has_hb,
+                    p.cpu_percent,
+                    has_hb,
+                    p.rss_bytes,
+                    agent,
+                )
+            )
+        session_rows = [
+            (agent, session, s.first_seq, s.last_seq, s.started, s.last_ts, s.events)
+            for (agent, session), s in batch.sessions.items()
+        ]
+        with self._write_lock:
+            conn = self._write_connection()
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(_INSERT_EVENTS, batch.rows)
+                conn.executemany(_UPDATE_AGENT, agent_rows)
+                conn.executemany(_UPSERT_SESSION, session_rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def register_agent(self, info: AgentInfo, now: float, connected: bool = True) -> int:
+        agents = schema.agents
+        with self.engine.begin() as c:
+            row = c.execute(
+                sa.select(agents.c.env, agents.c.last_seq).where(agents.c.agent == info.agent)
+            ).first()
+            values: dict[str, Any] = {
+                "region": info.region,
+                "labels": labels_json(info.labels),
+                "release": info.release,
+            }
+            if connected:
+                values.update(connected=True, last_connect=now)
+            if row is None:
+                c.execute(agents.insert().values(agent=info.agent, env=info.env, first_seen=now, **values))
+                return 0
+            if row.env != info.env:
+                raise AgentEnvMismatch(
+                    f"agent {info.agent!r} is registered in environment {row.env!r}, not {info.env!r}; "
+                    "agent ids are unique across environments: pick another id"
+                )
+            c.execute(agents.update().where(agents.c.agent == info.agent).values(**values))
+            return int(row.last_seq)
+
+    def mark_disconnected(self, agent: str, now: float) -> None:
+        agents = schema.agents
+        with self.engine.begin() as c:
+            c.execute(
+                agents.update().where(agents.c.agent == agent).values(connected=False, last_disconnect=now)
+            )
+
+    def mark_all_disconnected(self, now: float) -> None:
+        agents = schema.agents
+        with self.engine.begin() as c:
+            c.execute(agents.update().where(agents.c.connected).values(connected=False, last_disconnect=now))
+
+    # --- reads ----------------------------------------------------------
+    def get_agent(self, agent: str) -> AgentRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(schema.agents).where(schema.agents.c.agent == agent)).first()
+        return None if row is None else _agent_from_row(row)
+
+    def list_agents(self, envs: Sequence[str] | None = None) -> list[AgentRecord]:
+        query = sa.select(schema.agents).order_by(schema.agents.c.agent)
+        if envs is not None:
+            query = query.where(schema.agents.c.env.in_(list(envs)))
+        with self.engine.connect() as c:
+            return [_agent_from_row(row) for row in c.execute(query)]
+
+    def list_sessions(self, agent: str) -> list[SessionRecord]:
+        s = schema.sessions
+        query = sa.select(s).where(s.c.agent == agent).order_by(s.c.first_seq)
+        with self.engine.connect() as c:
+            return [
+                SessionRecord(
+                    agent=row.agent,
+                    session=row.session,
+                    first_seq=row.first_seq,
+                    last_seq=row.last_seq,
+                    started=row.started,
+                    last_ts=row.last_ts,
+                    events=row.events,
+                )
+                for row in c.execute(query)
+            ]
+
+    def query_events(self, query: EventQuery) -> list[tuple[int, bytes]]:
+        e = schema.events
+        after_seq = query.after_seq
+        stmt = sa.select(e.c.seq, e.c.data).where(e.c.agent == query.agent)
+        if query.session is not None:
+            s = schema.sessions
+            with self.engine.connect() as c:
+                bounds = c.execute(
+                    sa.select(s.c.first_seq, s.c.last_seq).where(
+                        s.c.agent == query.agent, s.c.session == query.session
+                    )
+                ).first()
+            if bounds is None:
+                return []
+            # Sessions are contiguous seq ranges, so the (agent, seq) index serves them.
+            after_seq = max(after_seq, bounds.first_seq - 1)
+            stmt = stmt.where(e.c.seq <= bounds.last_seq, e.c.session == query.session)
+        stmt = stmt.where(e.c.seq > after_seq)
+        if query.kinds:
+            stmt = stmt.where(e.c.kind.in_(list(query.kinds)))
+        if query.since is not None:
+            stmt = stmt.where(e.c.ts >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(e.c.ts < query.until)
+        stmt = stmt.order_by(e.c.seq).limit(query.limit)
+        with self.engine.connect() as c:
+            return [(int(row.seq), bytes(row.data)) for row in c.execute(stmt)]
+
+    def count_events(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(schema.events)).scalar_one())
+
+    # --- retention ------------------------------------------------------
+    def prune(self, env: str, received_before: float, max_rows: int) -> tuple[int, bool]:
+        with self._write_lock:
+            conn = self._write_connection()
+            cursor = self._prune_from.get(env)
+            if cursor is None:
+                start = int(conn.execute("SELECT coalesce(min(id), 0) FROM events").fetchone()[0])
+                cutoff_id = self._first_id_received_after(conn, start, received_before)
+            else:
+                start, cutoff_id = cursor
+            end = min(start + max_rows, cutoff_id)
+            deleted = conn.execute(
+                f"DELETE FROM events WHERE id >= ? AND id < ? AND {_IN_ENV}",
+                (start, end, env),
+            ).rowcount
+            finished = end >= cutoff_id
+            if finished:
+                conn.execute(
+                    f"DELETE FROM sessions WHERE last_ts < ? AND {_IN_ENV}",
+                    (received_before, env),
+                )
+                self._prune_from.pop(env, None)
+            else:
+                self._prune_from[env] = (end, cutoff_id)
+            return deleted, finished
+
+    @staticmethod
+    def _first_id_received_after(conn: sqlite3.Connection, start: int, cutoff: float) -> int:
+        """Binary search over ids: ``received`` grows with insertion order."""
+        hi_row = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        lo, hi = start, int(hi_row[0]) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = conn.execute(
+                "SELECT id, received FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+            ).fetchone()
+            if row is None or row[1] >= cutoff:
+                hi = mid
+            else:
+                lo = int(row[0]) + 1
+        return lo
+
+    # --- credentials ----------------------------------------------------
+    def add_token(self, token: TokenRecord) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                schema.tokens.insert().values(
+                    id=token.id,
+                    secret_hash=token.secret_hash,
+                    env=token.env,
+                    role=token.role,
+                    name=token.name,
+                    created=token.created,
+                    expires=token.expires,
+                    revoked=token.revoked,
+                )
+            )
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(schema.tokens).where(schema.tokens.c.id == token_id)).first()
+        return None if row is None else _token_from_row(row)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self.engine.connect() as c:
+            return [
+                _token_from_row(row)
+                for row in c.execute(sa.select(schema.tokens).order_by(schema.tokens.c.created))
+            ]
+
+    def revoke_token(self, token_id: str, now: float) -> bool:
+        t = schema.tokens
+        with self.engine.begin() as c:
+            result = c.execute(
+                t.update().where(t.c.id == token_id, t.c.revoked.is_(None)).values(revoked=now)
+            )
+            return result.rowcount > 0
