@@ -75,9 +75,8 @@ def replay(
             raise click.ClickException(f"agent {agent!r} has no stored sessions")
         for s in sessions:
             started = datetime.fromtimestamp(s["started"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            console.print(
-                f"{s['session']}  started {started}Z  {s['events']} events  seq {s['first_seq']}-{s['last_seq']}"
-            )
+            seqs = f"seq {s['first_seq']}-{s['last_seq']}"
+            console.print(f"{s['session']}  started {started}Z  {s['events']} events  {seqs}")
         return
     if session is None:
         session = sessions[-1]["session"]

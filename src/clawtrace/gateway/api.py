@@ -211,7 +211,7 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ApiError(
             400, "invalid_body", f'expected {{"action": "restart"|"stop", "reason": "..."}}: {exc}'
-        )
+        ) from None
     if body.action not in _ACTIONS_NOW:
         raise ApiError(
             400, "invalid_body", f"unknown action {body.action!r}; supported: {', '.join(_ACTIONS_NOW)}"

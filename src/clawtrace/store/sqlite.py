@@ -35,7 +35,11 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=OFF",
 )
 
-_INSERT_EVENTS = "INSERT OR IGNORE INTO events (agent, seq, session, kind, ts, received, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO events (agent, seq, session, kind, ts, received, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_IN_ENV = "agent IN (SELECT agent FROM agents WHERE env = ?)"
 _UPDATE_AGENT = """
 UPDATE agents SET
   last_seq = max(last_seq, ?),
