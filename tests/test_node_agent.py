@@ -8,6 +8,7 @@ checks what the gateway stored through its REST API.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sqlite3
@@ -23,7 +24,6 @@ import httpx
 import msgspec
 import psutil
 import pytest
-from gateway_process import GatewayProcess
 
 from clawtrace.node.spool import Spool, SpoolError
 from clawtrace.node.supervisor import (
@@ -36,13 +36,14 @@ from clawtrace.node.supervisor import (
 )
 from clawtrace.protocol.codec import decode_event
 from clawtrace.protocol.messages import Event, Thought
+from gateway_process import GatewayProcess
 
 PY = sys.executable
 AGENTS = Path(__file__).parent / "agents"
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -52,6 +53,15 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], bool], seconds: float = 20, interval: float = 0.02) -> None:
+    """Async twin of ``wait_for`` for the in-process supervisor tests."""
+    for _ in range(int(seconds / interval)):
+        if check():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {seconds:g} s")
 
 
 # --- spool ---------------------------------------------------------------------
@@ -79,9 +89,8 @@ def test_spool_assigns_seq_and_keeps_it_across_reopen_after_acks(tmp_path: Path)
 
 
 def test_spool_refuses_a_second_user_and_another_agents_spool(tmp_path: Path) -> None:
-    with Spool(tmp_path, "a-1"):
-        with pytest.raises(SpoolError, match="in use by another node agent"):
-            Spool(tmp_path, "a-1")
+    with Spool(tmp_path, "a-1"), pytest.raises(SpoolError, match="in use by another node agent"):
+        Spool(tmp_path, "a-1")
     with pytest.raises(SpoolError, match="belongs to agent 'a-1'"):
         Spool(tmp_path, "a-2")
 
@@ -166,7 +175,13 @@ def _supervisor(rec: Recorder, argv: list[str], **kwargs: Any) -> Supervisor:
 
 async def test_supervisor_captures_lines_in_order_and_returns_exit_code() -> None:
     rec = Recorder()
-    code = "import sys\nfor i in range(300): print(f'line {i}')\nprint('x' * 70000)\nprint('bad', file=sys.stderr)\nsys.exit(5)"
+    code = (
+        "import sys\n"
+        "for i in range(300): print(f'line {i}')\n"
+        "print('x' * 70000)\n"
+        "print('bad', file=sys.stderr)\n"
+        "sys.exit(5)"
+    )
     sup = _supervisor(rec, [PY, "-c", code], policy=RestartPolicy.NEVER)
     assert await asyncio.wait_for(sup.run(), 20) == 5
     stdout = [line for stream, line in rec.lines if stream == "stdout"]
@@ -186,14 +201,12 @@ async def test_supervisor_restarts_with_doubling_capped_backoff(tmp_path: Path) 
         backoff=Backoff(initial=0.2, maximum=0.8, healthy_reset=60),
     )
     task = asyncio.create_task(sup.run())
-    deadline = time.monotonic() + 20
-    while sup.starts < 5 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: sup.starts >= 5)
     sup.shutdown(signal.SIGTERM)
     await asyncio.wait_for(task, 10)
     times = [float(t) for t in starts.read_text().split()]
     assert len(times) >= 5
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)][:4]
+    gaps = [b - a for a, b in itertools.pairwise(times)][:4]
     for gap, expected in zip(gaps, [0.2, 0.4, 0.8, 0.8], strict=True):
         assert expected <= gap < expected + 0.6, gaps
     reasons = [c.reason or "" for _, c in rec.changes if c.state == "restarting"]
@@ -206,9 +219,7 @@ async def test_supervisor_resets_backoff_after_a_healthy_run(tmp_path: Path) -> 
     code = "import sys, time; time.sleep(0.4); sys.exit(1)"
     sup = _supervisor(rec, [PY, "-c", code], backoff=Backoff(initial=0.1, maximum=10, healthy_reset=0.3))
     task = asyncio.create_task(sup.run())
-    deadline = time.monotonic() + 20
-    while sup.starts < 4 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: sup.starts >= 4)
     sup.shutdown()
     await asyncio.wait_for(task, 10)
     reasons = [c.reason or "" for _, c in rec.changes if c.state == "restarting"]
@@ -220,9 +231,7 @@ async def test_supervisor_policies_always_and_on_failure() -> None:
     rec = Recorder()
     sup = _supervisor(rec, [PY, "-c", "pass"], policy=RestartPolicy.ALWAYS, backoff=Backoff(initial=0.05))
     task = asyncio.create_task(sup.run())
-    deadline = time.monotonic() + 20
-    while sup.starts < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await until(lambda: sup.starts >= 3)
     sup.shutdown()
     await asyncio.wait_for(task, 10)
     assert sup.starts >= 3
@@ -237,12 +246,6 @@ async def test_supervisor_stop_and_restart_requests(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     sup = _supervisor(rec, [PY, str(AGENTS / "graceful.py"), str(pidfile)], stop_timeout=5)
     task = asyncio.create_task(sup.run())
-
-    async def until(check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 15
-        while not check():
-            assert time.monotonic() < deadline, rec.states()
-            await asyncio.sleep(0.02)
 
     await until(lambda: ("stdout", "ready") in rec.lines)
     first = sup.pid
@@ -263,13 +266,13 @@ async def test_supervisor_stop_and_restart_requests(tmp_path: Path) -> None:
 
 async def test_supervisor_kills_a_child_that_ignores_sigterm() -> None:
     rec = Recorder()
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
     sup = _supervisor(rec, [PY, "-c", code], stop_timeout=0.5)
     task = asyncio.create_task(sup.run())
-    deadline = time.monotonic() + 15
-    while ("stdout", "ready") not in rec.lines:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await until(lambda: ("stdout", "ready") in rec.lines)
     sup.shutdown(signal.SIGTERM)
     assert await asyncio.wait_for(task, 10) == 128 + signal.SIGKILL
 
@@ -376,6 +379,16 @@ def events_so_far(gateway: GatewayProcess, agent: str, **params: Any) -> list[di
         return []
 
 
+def states_end_with(gateway: GatewayProcess, *tail: str) -> Callable[[], list[dict[str, Any]] | None]:
+    """For polling: the events once the agent's lifecycle states end with ``tail``."""
+
+    def check() -> list[dict[str, Any]] | None:
+        events = events_so_far(gateway, "a-1")
+        return events if tuple(lifecycle(events)[-len(tail) :]) == tail else None
+
+    return check
+
+
 def _reached(gateway: GatewayProcess, agent: str, predicate: Callable[[list[dict[str, Any]]], bool]) -> bool:
     return predicate(events_so_far(gateway, agent))
 
@@ -439,14 +452,10 @@ def test_exit_code_propagates_and_crashes_restart_with_backoff(
     node.send(signal.SIGTERM)
     assert node.wait() == 3  # SIGTERM while backing off: the last child's code
     times = [float(t) for t in starts.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.2 <= gaps[0] < 0.8 and 0.4 <= gaps[1] < 1.0 and 0.4 <= gaps[2] < 1.0, gaps
 
-    events = wait_for(
-        lambda: (ev := events_so_far(gateway, "a-1")) and lifecycle(ev)[-1:] == ["stopped"] and ev,
-        10,
-        "the final lifecycle event",
-    )
+    events = wait_for(states_end_with(gateway, "stopped"), 10, "the final lifecycle event")
     assert_exactly_once(events)
     states = lifecycle(events)
     assert states[:6] == ["started", "exited", "restarting", "started", "exited", "restarting"]
@@ -522,44 +531,39 @@ def test_restart_and_stop_commands_from_the_api(
         )
         assert response.status_code == 202, response.text
 
-    def states_end_with(*tail: str) -> Callable[[], list[dict[str, Any]] | None]:
-        def check() -> list[dict[str, Any]] | None:
-            events = events_so_far(gateway, "a-1")
-            return events if tuple(lifecycle(events)[-len(tail) :]) == tail else None
-
-        return check
-
     wait_for(lambda: any(a["connected"] for a in gateway.agents()), 20, "the node agent to connect")
     wait_for(lambda: _reached(gateway, "a-1", lambda ev: "tick 3" in lines(ev)), 20, "ticks")
     command("restart")
-    events = wait_for(states_end_with("started", "exited", "restarting", "started"), 20, "a restart")
+    events = wait_for(states_end_with(gateway, "started", "exited", "restarting", "started"), 20, "a restart")
     started = [e for e in events if e.get("state") == "started"]
     assert started[0]["session"] != started[1]["session"]
     assert "test restart" in next(e for e in events if e.get("state") == "exited")["reason"]
     # The new run prints from tick 1 again, in its own session.
     wait_for(
         lambda: _reached(
-            gateway, "a-1", lambda ev: "tick 2" in lines([e for e in ev if e["session"] == started[1]["session"]])
+            gateway,
+            "a-1",
+            lambda ev: "tick 2" in lines([e for e in ev if e["session"] == started[1]["session"]]),
         ),
         20,
         "ticks of the second run",
     )
 
     command("stop")
-    events = wait_for(states_end_with("exited", "stopped"), 20, "a stop")
+    events = wait_for(states_end_with(gateway, "exited", "stopped"), 20, "a stop")
     stopped_at = events[-1]["seq"]
     assert node.proc.poll() is None, "the node agent must stay up while stopped"
     # Still connected, still beating, but no child output.
     later = wait_for(
-        lambda: [e for e in events_so_far(gateway, "a-1", after_seq=stopped_at) if e["kind"] == "heartbeat"][:2],
+        lambda: [e for e in events_so_far(gateway, "a-1", kind="heartbeat") if e["seq"] > stopped_at][:2],
         10,
         "heartbeats while stopped",
     )
     assert all("rss_bytes" not in e for e in later)
-    assert not [e for e in gateway.events("a-1", after_seq=stopped_at) if e["kind"] == "log"]
+    assert not [e for e in gateway.events("a-1", kind="log") if e["seq"] > stopped_at]
 
     command("restart")
-    wait_for(states_end_with("stopped", "restarting", "started"), 20, "a start after the stop")
+    wait_for(states_end_with(gateway, "stopped", "restarting", "started"), 20, "a start after the stop")
     node.send(signal.SIGINT)
     assert node.wait() == 128 + signal.SIGINT
     assert_exactly_once(gateway.events("a-1"))
@@ -644,6 +648,37 @@ def test_kill_9_node_agent_resumes_from_its_spool(
     second_start = next(e for e in events if e["session"] == sessions[1])
     assert second_start["seq"] == backlog[-1] + 1
     assert second_start["kind"] == "lifecycle" and second_start["state"] == "started"
+
+
+def test_a_child_orphaned_by_kill_9_is_stopped_by_the_next_node_agent(
+    tmp_path: Path, nodes: list[NodeAgentProcess]
+) -> None:
+    pidfile = tmp_path / "pid"
+    node = NodeAgentProcess(tmp_path, None, agent_cmd("graceful.py", pidfile), token="t")
+    nodes.append(node)
+    wait_for(pidfile.exists, 20, "the child to start")
+    orphan = int(pidfile.read_text())
+    node.proc.kill()
+    node.proc.wait()
+    time.sleep(0.2)
+    # It has its own session and writes nothing: nothing tells it its supervisor died.
+    assert psutil.pid_exists(orphan)
+    node2 = NodeAgentProcess(
+        tmp_path,
+        None,
+        agent_cmd("ticker.py", 0.01, 5),
+        token="t",
+        options=["--drain-timeout", "0"],
+        name="node2",
+    )
+    nodes.append(node2)
+    assert node2.wait() == 0
+    wait_for(
+        lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == "zombie",
+        5,
+        "the orphan to go",
+    )
+    assert "left running by a previous node agent" in node2.stderr()
 
 
 @pytest.mark.slow

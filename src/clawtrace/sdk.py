@@ -361,4 +361,4 @@ def stats() -> dict[str, int]:
     sender = _get()
     if sender is None:
         return {"sent": 0, "dropped": 0, "queued": 0}
-    return {"sent": sender.sent, "dropped": sender.dropped, "queued": sender.queue.qsize()}
+    return {"sent": sender.sent, "dropped": sender.dropped, "queued": sender.queue.unfinished_tasks}

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -15,16 +14,9 @@ import uvicorn
 from clawtrace.access import create_token
 from clawtrace.cli.up import check_port_free
 from clawtrace.gateway import load_settings, uvicorn_config
+from clawtrace.gateway.server import EmbeddedServer
 from clawtrace.sim import FleetConfig, Scenario, run_fleet
 from clawtrace.store import StoreError, open_store
-
-
-class _QuietServer(uvicorn.Server):
-    """The demo handles signals itself, to drain the fleet before stopping the gateway."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def _run_demo(server: uvicorn.Server, fleet_config: FleetConfig, stop: asyncio.Event) -> None:
@@ -102,5 +94,5 @@ def demo(port: int, host: str, data_dir: str, agents: int, env: str, faults: boo
     click.echo(f"  viewer credential: {viewer_token}")
     click.echo(f"  try:      clawtrace tail --env {env} -f --gateway {base} --token {viewer_token}")
     click.echo("  Ctrl-C stops everything.")
-    server = _QuietServer(uvicorn_config(settings))
+    server = EmbeddedServer(uvicorn_config(settings))
     asyncio.run(_run_demo(server, fleet_config, asyncio.Event()))

@@ -230,7 +230,7 @@ class AgentConnection:
                 await asyncio.sleep(wait)
             for error in message.errors:
                 await self.send_error(error)
-            result = self.pipeline.ingest(state, message.events, last_seen)
+            result = self.pipeline.ingest(state, message.events, last_seen, data)
             for error in result.errors:
                 await self.send_error(error)
             processed = max([result.highest_seq, *(e.seq or 0 for e in message.errors)])

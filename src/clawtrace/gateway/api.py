@@ -289,7 +289,7 @@ async def post_events(request: Request, credential: AnyCredential, agent: str | 
             raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
         events.sort(key=lambda e: e.seq)
         async with state.lock:
-            result = pipeline.ingest(state, events, 0)
+            result = pipeline.ingest(state, events, 0, body)
             if result.write is not None:
                 try:
                     await result.write

@@ -145,13 +145,16 @@ class Pipeline:
             self.agents[agent] = state
             return state
 
-    def ingest(self, state: AgentState, events: list[Event], last_seen: int) -> IngestResult:
+    def ingest(
+        self, state: AgentState, events: list[Event], last_seen: int, frame: bytes | str | None = None
+    ) -> IngestResult:
         """Accept events that follow ``last_seen`` on this connection.
 
         Events must arrive in increasing seq order per connection; seqs at or
         below what is already stored are duplicates (a resend after
         reconnect) and are dropped silently. The write future resolves once
-        the accepted events are committed.
+        the accepted events are committed. ``frame``, the raw bytes the
+        events came in, lets redaction skip frames that hold no secrets.
         """
         agent = state.info.agent
         received_at = utc_now()
@@ -160,7 +163,8 @@ class Pipeline:
         errors: list[Error] = []
         lines: list[bytes] = []
         duplicates = 0
-        redact = self.redactor
+        redact = self.redactor.plan(frame)
+        redacting = redact.active
         for event in events:
             seq = event.seq
             if seq <= last_seen:
@@ -186,7 +190,9 @@ class Pipeline:
                 duplicates += 1
                 continue
             state.accepted_seq = seq
-            if isinstance(event, Log):
+            if not redacting:
+                pass
+            elif isinstance(event, Log):
                 event.line = redact.text(event.line)
             elif isinstance(event, Thought):
                 event.text = redact.text(event.text)

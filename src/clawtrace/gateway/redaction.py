@@ -51,8 +51,9 @@ DEFAULT_PATTERNS: tuple[RedactionPattern, ...] = (
 class Redactor:
     """Masks every match of the configured patterns in strings.
 
-    A pattern with hints only runs when one of its hints occurs in the text,
-    so a line without any credential costs a handful of substring checks.
+    A pattern with hints only runs when one of its hints occurs in the text.
+    ``plan(frame)`` does that check once per frame on the raw bytes, so a
+    frame without any credential-looking text skips redaction altogether.
     """
 
     def __init__(self, patterns: Iterable[RedactionPattern]) -> None:
@@ -71,19 +72,39 @@ class Redactor:
                 self._hinted.append(compiled)
             else:
                 self._always.append(compiled)
+        self._hint_bytes = [(hint.encode(), index) for hint, index in self._hints]
+        self._everything = RedactionPlan(self._always + self._hinted)
+
+    def plan(self, frame: bytes | str | None = None) -> RedactionPlan:
+        """The patterns that can match anything inside ``frame``."""
+        # JSON escapes (\u0073k-...) could hide a hint from a raw scan.
+        if frame is None or (b"\\u" in frame if isinstance(frame, bytes) else "\\u" in frame):
+            return self._everything
+        matched: set[int] = set()
+        if isinstance(frame, bytes):
+            for hint_bytes, index in self._hint_bytes:
+                if hint_bytes in frame:
+                    matched.add(index)
+        else:
+            for hint, index in self._hints:
+                if hint in frame:
+                    matched.add(index)
+        return RedactionPlan(self._always + [self._hinted[i] for i in sorted(matched)])
 
     def text(self, value: str) -> str:
-        matched: set[int] | None = None
-        for hint, index in self._hints:
-            if hint in value:
-                if matched is None:
-                    matched = set()
-                matched.add(index)
-        if matched is not None:
-            for index in sorted(matched):
-                regex, replacement = self._hinted[index]
-                value = regex.sub(replacement, value)
-        for regex, replacement in self._always:
+        return self._everything.text(value)
+
+    def value(self, value: Any) -> Any:
+        return self._everything.value(value)
+
+
+class RedactionPlan:
+    def __init__(self, compiled: list[tuple[re.Pattern[str], str]]) -> None:
+        self.compiled = compiled
+        self.active = bool(compiled)
+
+    def text(self, value: str) -> str:
+        for regex, replacement in self.compiled:
             value = regex.sub(replacement, value)
         return value
 

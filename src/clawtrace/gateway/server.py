@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 import uvicorn
 
 from clawtrace.gateway.app import create_app
@@ -15,6 +20,7 @@ def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
         port=settings.port,
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         # Agents send their own heartbeats; protocol pings only detect dead peers.
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
@@ -25,5 +31,34 @@ def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
     )
 
 
+class GatewayServer(uvicorn.Server):
+    """SIGINT/SIGTERM shut down gracefully and the process then exits 0.
+
+    uvicorn re-raises the signal after shutting down, which makes a clean
+    stop look like a crash to supervisors and scripts.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """For running inside a program that handles signals itself (the demo)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def serve(settings: GatewaySettings) -> None:
-    uvicorn.Server(uvicorn_config(settings)).run()
+    GatewayServer(uvicorn_config(settings)).run()

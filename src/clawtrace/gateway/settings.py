@@ -39,6 +39,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redact_defaults: bool = True
     redact: list[RedactionPattern] = []
     writer_max_batch_rows: int = 10_000
+    # permessage-deflate costs more CPU than it saves bandwidth on a LAN.
+    ws_compression: bool = False
     log_level: str = "info"
 
     @property

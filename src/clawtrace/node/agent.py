@@ -182,7 +182,8 @@ class NodeAgent:
         self._seen_commands: deque[str] = deque(maxlen=256)
         self.sdk_rejected = 0
         self.events_dropped = 0
-        self._refused: str | None = None
+        self._draining = False
+        self._stop_draining = asyncio.Event()
 
     # --- emitting events ----------------------------------------------------
 
@@ -367,11 +368,19 @@ class NodeAgent:
                 log.exception("gateway link failed unexpectedly; reconnecting in 5 s")
                 await asyncio.sleep(5)
 
+    def _on_shutdown_signal(self, supervisor: Supervisor, signum: int) -> None:
+        if self._draining:
+            # Asked again while only waiting for acks: the spool keeps the
+            # rest, so there is no reason to make the user wait.
+            self._stop_draining.set()
+            return
+        supervisor.shutdown(signum)
+
     def _install_signals(self, supervisor: Supervisor) -> list[int]:
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, supervisor.shutdown, signum)
+            loop.add_signal_handler(signum, self._on_shutdown_signal, supervisor, signum)
             installed.append(signum)
         for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.add_signal_handler(signum, supervisor.forward, signum)
@@ -452,9 +461,16 @@ class NodeAgent:
         last = spool.last_seq
         if client.acked_seq >= last or spool.count() == 0:
             return
-        try:
-            await client.wait_acked(last, self.config.drain_timeout)
-        except TimeoutError:
+        self._draining = True
+        acked = asyncio.ensure_future(client.wait_acked(last, self.config.drain_timeout))
+        interrupted = asyncio.ensure_future(self._stop_draining.wait())
+        await asyncio.wait({acked, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if not acked.done():
+            acked.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await acked
+        if client.acked_seq < last:
             log.warning(
                 "%d events not yet acknowledged by the gateway; they stay in %s and are sent "
                 "the next time this agent runs",

@@ -97,9 +97,16 @@ def _check_utf8(data: bytes | str) -> bytes | str:
     return data
 
 
+_TOO_DEEP: Final = "JSON nested too deeply"
+
+
 def decode_event(raw: bytes | str) -> Event:
     """Decode one event, raising ``msgspec.ValidationError``/``DecodeError``."""
-    event: Event = _event_decoder.decode(raw)
+    try:
+        event: Event = _event_decoder.decode(raw)
+    except RecursionError:
+        # msgspec gives up on deep nesting with RecursionError; callers expect msgspec errors.
+        raise msgspec.DecodeError(_TOO_DEEP) from None
     return event
 
 
@@ -111,7 +118,7 @@ def describe_event_error(raw: bytes | str, exc: Exception) -> Error:
         head = _head_decoder.decode(raw)
         seq = head.seq if isinstance(head.seq, int) and not isinstance(head.seq, bool) else None
         kind = head.kind
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         pass
     if isinstance(kind, str) and kind not in EVENT_TYPES:
         return Error(
@@ -128,7 +135,7 @@ def decode_events_lenient(raw_events: list[msgspec.Raw]) -> DecodedEvents:
     result = DecodedEvents(events=[])
     for raw in raw_events:
         try:
-            result.events.append(_event_decoder.decode(raw))
+            result.events.append(decode_event(raw))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             result.errors.append(describe_event_error(raw, exc))
     return result
@@ -140,6 +147,16 @@ def decode_client_message(data: bytes | str) -> Hello | DecodedEvents:
     Returns the ``Hello`` or the events that are valid plus one error per
     invalid event. Raises ``FrameError`` when nothing in the frame is usable.
     """
+    try:
+        return _decode_client_message(data)
+    except RecursionError:
+        raise FrameError(ErrorCode.INVALID_JSON, f"frame is not usable: {_TOO_DEEP}") from None
+    except UnicodeEncodeError as exc:
+        # A str holding lone surrogates (a WebSocket text frame never does: it is valid UTF-8).
+        raise FrameError(ErrorCode.INVALID_UTF8, f"frame is not valid UTF-8 (character {exc.start})") from None
+
+
+def _decode_client_message(data: bytes | str) -> Hello | DecodedEvents:
     data = _check_utf8(data)
     try:
         message = _client_decoder.decode(data)

@@ -39,6 +39,11 @@ class LatencyHistogram:
     def count(self) -> int:
         return sum(self.counts)
 
+    def reset(self) -> None:
+        """Forget every sample (e.g. after a benchmark's warm-up)."""
+        self.counts = [0] * _BUCKETS
+        self.max_ms = 0.0
+
     def record(self, ms: float) -> None:
         if ms > self.max_ms:
             self.max_ms = ms
