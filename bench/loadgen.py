@@ -79,7 +79,9 @@ async def main(spec: dict[str, Any]) -> None:
     _emit("window_start", **_counters(fleet))
     await _sleep_until(spec["window_end"])
     window_latency = fleet.latency.counts[:], fleet.latency.max_ms
-    _emit("window_end", **_counters(fleet), latency_counts=window_latency[0], latency_max_ms=window_latency[1])
+    _emit(
+        "window_end", **_counters(fleet), latency_counts=window_latency[0], latency_max_ms=window_latency[1]
+    )
     stop.set()
     stats = await runner
     _emit("final", stats=msgspec.to_builtins(stats))

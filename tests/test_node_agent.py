@@ -8,7 +8,9 @@ checks what the gateway stored through its REST API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import msgspec
 import psutil
 import pytest
 
@@ -35,7 +36,7 @@ from clawtrace.node.supervisor import (
     Supervisor,
 )
 from clawtrace.protocol.codec import decode_event
-from clawtrace.protocol.messages import Event, Thought
+from clawtrace.protocol.messages import Event, Heartbeat, Thought
 from gateway_process import GatewayProcess
 
 PY = sys.executable
@@ -201,7 +202,7 @@ async def test_supervisor_restarts_with_doubling_capped_backoff(tmp_path: Path) 
         backoff=Backoff(initial=0.2, maximum=0.8, healthy_reset=60),
     )
     task = asyncio.create_task(sup.run())
-    await until(lambda: sup.starts >= 5)
+    await until(lambda: rec.states().count("exited") >= 5)
     sup.shutdown(signal.SIGTERM)
     await asyncio.wait_for(task, 10)
     times = [float(t) for t in starts.read_text().split()]
@@ -250,7 +251,9 @@ async def test_supervisor_stop_and_restart_requests(tmp_path: Path) -> None:
     await until(lambda: ("stdout", "ready") in rec.lines)
     first = sup.pid
     sup.restart("operator asked")
-    await until(lambda: sup.starts == 2 and sup.pid is not None and sup.pid != first)
+    # "ready" means its SIGTERM handler is installed; before, SIGTERM kills it.
+    await until(lambda: rec.lines.count(("stdout", "ready")) == 2)
+    assert sup.pid is not None and sup.pid != first
     assert rec.states() == ["started", "exited", "restarting", "started"]
     assert "operator asked" in (rec.changes[1][1].reason or "")
     assert rec.changes[1][1].exit_code == 7  # its SIGTERM handler ran
@@ -258,7 +261,7 @@ async def test_supervisor_stop_and_restart_requests(tmp_path: Path) -> None:
     await until(lambda: rec.states()[-1] == "stopped")
     assert sup.pid is None and not task.done()
     sup.restart("back")
-    await until(lambda: sup.starts == 3 and sup.pid is not None)
+    await until(lambda: rec.lines.count(("stdout", "ready")) == 3)
     sup.shutdown(signal.SIGTERM)
     assert await asyncio.wait_for(task, 10) == 7
     assert rec.states()[-2:] == ["exited", "stopped"]
@@ -341,9 +344,19 @@ class NodeAgentProcess:
         return self.err_path.read_text(errors="replace")
 
     def close(self) -> None:
+        """Stop it and its child, even after a failed test or a kill -9 (no strays left)."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        child = self.spool_dir / "child.json"
+        if child.exists():
+            pid = json.loads(child.read_text())["pid"]
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -448,7 +461,13 @@ def test_exit_code_propagates_and_crashes_restart_with_backoff(
         options=["--backoff-initial", "0.2", "--backoff-max", "0.4"],
     )
     nodes.append(node)
-    wait_for(lambda: starts.exists() and len(starts.read_text().split()) >= 4, 20, "four starts")
+    # Signal while it waits to restart (not while a child runs): the
+    # restarting event is spooled only after the child has exited.
+    wait_for(
+        lambda: _reached(gateway, "a-1", lambda ev: lifecycle(ev).count("restarting") >= 4),
+        20,
+        "four crashes",
+    )
     node.send(signal.SIGTERM)
     assert node.wait() == 3  # SIGTERM while backing off: the last child's code
     times = [float(t) for t in starts.read_text().split()]
@@ -613,7 +632,6 @@ def _tick_numbers(events: list[dict[str, Any]], session: str) -> list[int]:
     return [int(e["line"].split()[1]) for e in events if e["session"] == session and e["kind"] == "log"]
 
 
-@pytest.mark.slow
 def test_kill_9_node_agent_resumes_from_its_spool(
     tmp_path: Path, gateway: GatewayProcess, nodes: list[NodeAgentProcess]
 ) -> None:
@@ -724,21 +742,35 @@ def test_gateway_unreachable_for_30_s_nothing_lost(
     assert thoughts == [f"thought {i}" for i in range(10, 10 * len(thoughts) + 1, 10)]
 
 
-def test_sdk_events_are_validated_by_the_node_agent(tmp_path: Path, nodes: list[NodeAgentProcess]) -> None:
-    # No gateway at all: the child still runs, events go to the spool.
+def test_sdk_messages_are_validated_by_the_node_agent(tmp_path: Path, nodes: list[NodeAgentProcess]) -> None:
+    # No gateway at all: the child still runs, its events wait in the spool.
+    # Raw writes stand in for a buggy or hostile agent bypassing the SDK.
     code = (
+        "import os, socket\n"
         "from clawtrace import sdk\n"
         "sdk.thought('kept')\n"
         "sdk.llm_call(model='m', input_tokens='many', output_tokens=1, duration_ms=1)\n"
         "sdk.flush()\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(os.environ['CLAWTRACE_SOCKET'])\n"
+        's.sendall(b\'{"kind":"policy","decision":"allow","tool":"rm"}\\n\'\n'
+        '          b\'{"kind":"heartbeat","cpu_percent":1}\\n\'\n'
+        "          b'not json\\n'\n"
+        '          b\'{"kind":"thought","text":"raw","seq":999,"session":"forged"}\\n\')\n'
+        "s.close()\n"
     )
     node = NodeAgentProcess(tmp_path, None, [PY, "-c", code], token="t", options=["--drain-timeout", "0"])
     nodes.append(node)
-    assert node.wait() == 0
+    assert node.wait() == 0, node.stderr()
     with Spool(node.spool_dir, "a-1") as spool:
         events: list[Event] = [decode_event(raw) for _, raw in spool.pending(0, 1000)]
-    kinds = [e.__struct_config__.tag for e in events if e.__struct_config__.tag != "heartbeat"]
-    assert kinds == ["lifecycle", "thought", "lifecycle", "lifecycle"]
-    assert "invalid llm_call" in node.stderr()
-    assert msgspec.json.encode(events[1]).count(b"kept") == 1
-    assert os.path.isdir(node.spool_dir)
+    assert not [e for e in events if isinstance(e, Heartbeat) and e.cpu_percent == 1]
+    events = [e for e in events if not isinstance(e, Heartbeat)]
+    assert [type(e).__name__ for e in events] == ["Lifecycle", "Thought", "Thought", "Lifecycle", "Lifecycle"]
+    assert sorted(e.text for e in events if isinstance(e, Thought)) == ["kept", "raw"]
+    # The node agent's envelope wins over whatever the message claimed.
+    assert [e.seq for e in events] == sorted(e.seq for e in events) and max(e.seq for e in events) < 999
+    assert len({e.session for e in events}) == 1
+    err = node.stderr()
+    assert "invalid llm_call" in err and "kind 'policy' cannot be sent" in err
+    assert "kind 'heartbeat' cannot be sent" in err and "not a JSON object" in err

@@ -68,8 +68,12 @@ class _Sender:
     def __init__(self, path: str) -> None:
         self.path = path
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
+        # Written only by the sender thread / only under _count_lock, so no
+        # increment is lost between agent threads and the sender.
         self.sent = 0
-        self.dropped = 0
+        self._send_dropped = 0
+        self._full_dropped = 0
+        self._count_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._retry_at = 0.0
         self._retry_delay = 0.1
@@ -81,7 +85,12 @@ class _Sender:
         try:
             self.queue.put_nowait(message)
         except queue.Full:
-            self.dropped += 1
+            with self._count_lock:
+                self._full_dropped += 1
+
+    @property
+    def dropped(self) -> int:
+        return self._send_dropped + self._full_dropped
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -106,7 +115,7 @@ class _Sender:
                 self._send(batch)
             except Exception:
                 # Never let the thread die: later events still deserve a try.
-                self.dropped += len(batch)
+                self._send_dropped += len(batch)
             finally:
                 for _ in batch:
                     self.queue.task_done()
@@ -119,25 +128,32 @@ class _Sender:
             try:
                 lines.append(_encoder.encode(message) + b"\n")
             except Exception:
-                self.dropped += 1
+                self._send_dropped += 1
         if not lines:
             return
         data = b"".join(lines)
         for attempt in range(2):
             sock = self._connect()
             if sock is None:
-                self.dropped += len(lines)
+                self._send_dropped += len(lines)
                 return
             try:
                 sock.sendall(data)
                 self.sent += len(lines)
+                return
+            except TimeoutError:
+                # The node agent is alive but not reading. Part of the batch
+                # may have gone through, so resending could duplicate events:
+                # drop it instead (the cut line is rejected on its side).
+                self._disconnect()
+                self._send_dropped += len(lines)
                 return
             except OSError:
                 # The node agent restarted or went away: retry once on a
                 # fresh connection, then give up on this batch.
                 self._disconnect()
                 if attempt == 1:
-                    self.dropped += len(lines)
+                    self._send_dropped += len(lines)
 
     def _connect(self) -> socket.socket | None:
         if self._sock is not None:

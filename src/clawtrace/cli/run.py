@@ -101,7 +101,8 @@ the credential or the options are wrong, 127/126 when COMMAND cannot be run.
     "--token",
     envvar="CLAWTRACE_TOKEN",
     default=None,
-    help="Agent credential from `clawtrace token create --role agent`. Env: CLAWTRACE_TOKEN.",
+    help="Agent credential from `clawtrace token create --role agent`. Env: CLAWTRACE_TOKEN "
+    "(preferred: a command line is visible to other users in `ps`). Not passed on to COMMAND.",
 )
 @click.option(
     "--spool-dir",

@@ -233,7 +233,7 @@ async def _run(config: FleetConfig, console: Console, *, quiet: bool) -> FleetSt
     meter = RateMeter()
 
     def on_progress(stats: FleetStats) -> None:
-        console.print(progress_line(stats, meter.update(stats)), highlight=False)
+        console.print(progress_line(stats, meter.update(stats)), highlight=False, soft_wrap=True)
 
     fleet = Fleet(config)
     pace = "realistic" if config.rate is None else "max" if math.isinf(config.rate) else f"{config.rate:g}/s"
@@ -241,6 +241,7 @@ async def _run(config: FleetConfig, console: Console, *, quiet: bool) -> FleetSt
         f"simulating {config.agents} agents in {', '.join(config.regions)} (env {config.env}) "
         f"against {config.gateway}; pace {pace}, batch {config.batch}",
         highlight=False,
+        soft_wrap=True,
     )
     for scenario in Scenario:
         if agents := fleet.scenario_agents(scenario):

@@ -31,6 +31,7 @@ from clawtrace.store import AgentEnvMismatch, AgentInfo
 log = logging.getLogger("clawtrace.gateway.agents")
 
 HELLO_TIMEOUT = 10.0
+MAX_SEQ = 2**63 - 1
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -233,7 +234,11 @@ class AgentConnection:
             result = self.pipeline.ingest(state, message.events, last_seen, data)
             for error in result.errors:
                 await self.send_error(error)
-            processed = max([result.highest_seq, *(e.seq or 0 for e in message.errors)])
+            # Rejected events count as processed (so the client stops resending them), but
+            # only with a seq a valid event could have had: 2**63 must not become the ack.
+            processed = max(
+                [result.highest_seq, *(e.seq for e in message.errors if e.seq and e.seq <= MAX_SEQ)]
+            )
             if processed > last_seen:
                 last_seen = processed
                 self._queue_ack(result.write, processed)

@@ -18,7 +18,7 @@ from clawtrace.gateway.agent_socket import bearer_token
 from clawtrace.gateway.live import LiveHub, Viewer
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.settings import GatewaySettings
-from clawtrace.protocol import KINDS, Command, Error, ErrorCode, Event, decode_event, encode
+from clawtrace.protocol import KINDS, CloseCode, Command, Error, ErrorCode, Event, decode_event, encode
 from clawtrace.protocol.codec import describe_event_error
 from clawtrace.store import AgentEnvMismatch, AgentRecord, EventQuery, Store
 
@@ -288,6 +288,10 @@ async def post_events(request: Request, credential: AnyCredential, agent: str | 
         except AgentEnvMismatch as exc:
             raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
         events.sort(key=lambda e: e.seq)
+        # The same seq twice in one post is a duplicate (the first line wins), not an ordering error.
+        unique = [e for i, e in enumerate(events) if i == 0 or e.seq != events[i - 1].seq]
+        duplicates += len(events) - len(unique)
+        events = unique
         async with state.lock:
             result = pipeline.ingest(state, events, 0, body)
             if result.write is not None:
@@ -316,9 +320,11 @@ async def live(ws: WebSocket) -> None:
         )
         credential.require("viewer", params.get("env") or None)
     except (AuthError, PermissionDenied) as exc:
+        denied = isinstance(exc, PermissionDenied)
         await ws.accept()
-        await ws.send_text(encode(Error(code=ErrorCode.UNAUTHORIZED, message=str(exc))).decode())
-        await ws.close(4001 if isinstance(exc, AuthError) else 4003, str(exc)[:120])
+        code = ErrorCode.FORBIDDEN if denied else ErrorCode.UNAUTHORIZED
+        await ws.send_text(encode(Error(code=code, message=str(exc))).decode())
+        await ws.close(CloseCode.FORBIDDEN if denied else CloseCode.UNAUTHORIZED, str(exc)[:120])
         return
     kinds = frozenset(k for value in params.getlist("kind") for k in value.split(",") if k)
     unknown = kinds - set(KINDS)

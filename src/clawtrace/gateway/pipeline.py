@@ -1,7 +1,8 @@
-"""The ingest pipeline: validate order, dedupe, redact, store, then fan out.
+"""The ingest pipeline: validate order, dedupe, redact, then store and fan out.
 
-receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -> store writer ->
-bus (``events.<env>.<agent>``) -> live hub (and, later, metrics and alerts).
+receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -+-> store writer (then acks)
+                                                     +-> bus ``events.<env>.<agent>`` -> live hub
+                                                         (and, later, metrics and alerts)
 """
 
 from __future__ import annotations
@@ -219,14 +220,13 @@ class Pipeline:
         if lines:
             write = self.writer.submit(batch)
             state.last_write = write
-            subject = events_subject(state.info.env, agent)
-            payload = b"\n".join(lines)
-            write.add_done_callback(lambda done: self._fan_out(done, subject, payload))
+            # Fan out at acceptance, in parallel with the store write, so live
+            # latency does not include the commit. Should the write fail, the
+            # agent resends and viewers may see those events twice (by seq).
+            self._publish(events_subject(state.info.env, agent), b"\n".join(lines))
         return IngestResult(write, errors, last_seen, len(lines), duplicates)
 
-    def _fan_out(self, write: asyncio.Future[None], subject: str, payload: bytes) -> None:
-        if write.cancelled() or write.exception() is not None:
-            return
+    def _publish(self, subject: str, payload: bytes) -> None:
         task = asyncio.ensure_future(self.bus.publish(subject, payload))
         self._fanout.add(task)
         task.add_done_callback(self._fanout.discard)

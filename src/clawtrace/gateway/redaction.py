@@ -14,7 +14,9 @@ def _p(name: str, pattern: str, *hints: str) -> RedactionPattern:
 
 
 _ASSIGNMENT_KEYS = ("password", "passwd", "api_key", "apikey", "secret", "token")
-_ASSIGNMENT_HINTS = tuple(key for k in _ASSIGNMENT_KEYS for key in (k, k.upper()))
+_ASSIGNMENT_HINTS = tuple(
+    key + sep for k in _ASSIGNMENT_KEYS for key in (k, k.upper()) for sep in ("=", ": ")
+)
 _ASSIGNMENT_LOOKBEHINDS = "|".join(
     f"(?<={re.escape(key + sep)})" for k in _ASSIGNMENT_KEYS for key in (k, k.upper()) for sep in ("=", ": ")
 )
@@ -48,6 +50,31 @@ DEFAULT_PATTERNS: tuple[RedactionPattern, ...] = (
 )
 
 
+# Tool arguments usually carry secrets by name: {"password": "..."}.
+SECRET_KEY = re.compile(
+    r"(?i)(?:^|[_.-])(?:password|passwd|secret|token|api_?key|access_?key|private_?key|authorization|credentials?)$"
+)
+_SECRET_KEY_HINTS = tuple(
+    f'{name}"'.encode()
+    for name in (
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "accesskey",
+        "access_key",
+        "privatekey",
+        "private_key",
+        "authorization",
+        "credential",
+        "credentials",
+    )
+)
+SECRET_FIELD = "[REDACTED:secret_field]"
+
+
 class Redactor:
     """Masks every match of the configured patterns in strings.
 
@@ -73,23 +100,18 @@ class Redactor:
             else:
                 self._always.append(compiled)
         self._hint_bytes = [(hint.encode(), index) for hint, index in self._hints]
-        self._everything = RedactionPlan(self._always + self._hinted)
+        self._everything = RedactionPlan(self._always + self._hinted, mask_keys=True)
 
     def plan(self, frame: bytes | str | None = None) -> RedactionPlan:
         """The patterns that can match anything inside ``frame``."""
         # JSON escapes (\u0073k-...) could hide a hint from a raw scan.
         if frame is None or (b"\\u" in frame if isinstance(frame, bytes) else "\\u" in frame):
             return self._everything
-        matched: set[int] = set()
-        if isinstance(frame, bytes):
-            for hint_bytes, index in self._hint_bytes:
-                if hint_bytes in frame:
-                    matched.add(index)
-        else:
-            for hint, index in self._hints:
-                if hint in frame:
-                    matched.add(index)
-        return RedactionPlan(self._always + [self._hinted[i] for i in sorted(matched)])
+        raw = frame if isinstance(frame, bytes) else frame.encode()
+        matched = {index for hint, index in self._hint_bytes if hint in raw}
+        lowered = raw.lower()
+        mask_keys = any(hint in lowered for hint in _SECRET_KEY_HINTS)
+        return RedactionPlan(self._always + [self._hinted[i] for i in sorted(matched)], mask_keys=mask_keys)
 
     def text(self, value: str) -> str:
         return self._everything.text(value)
@@ -99,9 +121,12 @@ class Redactor:
 
 
 class RedactionPlan:
-    def __init__(self, compiled: list[tuple[re.Pattern[str], str]]) -> None:
+    """The redaction that one frame needs (see ``Redactor.plan``)."""
+
+    def __init__(self, compiled: list[tuple[re.Pattern[str], str]], *, mask_keys: bool) -> None:
         self.compiled = compiled
-        self.active = bool(compiled)
+        self.mask_keys = mask_keys
+        self.active = bool(compiled) or mask_keys
 
     def text(self, value: str) -> str:
         for regex, replacement in self.compiled:
@@ -113,7 +138,19 @@ class RedactionPlan:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {key: self.value(item) for key, item in value.items()}
+            return {key: self._field(key, item) for key, item in value.items()}
         if isinstance(value, list):
             return [self.value(item) for item in value]
         return value
+
+    def _field(self, key: Any, item: Any) -> Any:
+        if (
+            self.mask_keys
+            and isinstance(item, str | int | float)
+            and not isinstance(item, bool)
+            and item != ""
+            and isinstance(key, str)
+            and SECRET_KEY.search(key)
+        ):
+            return SECRET_FIELD
+        return self.value(item)

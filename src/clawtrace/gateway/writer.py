@@ -49,6 +49,11 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
 
 
+def _resolve_all(futures: list[asyncio.Future[Any]], error: BaseException | None) -> None:
+    for future in futures:
+        _resolve(future, None, error)
+
+
 class StoreWriter:
     def __init__(self, store: Store, max_batch_rows: int = 10_000) -> None:
         self.store = store
@@ -133,8 +138,13 @@ class StoreWriter:
         elapsed = time.perf_counter() - started
         if elapsed > 1.0:
             log.warning("slow store write: %d events in %.2fs", len(merged.rows), elapsed)
+        # One wake-up of the event loop per transaction, not per submission:
+        # each call_soon_threadsafe costs a GIL hand-over between the threads.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] = {}
         for job in jobs:
-            job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+            by_loop.setdefault(job.loop, []).append(job.future)
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, futures, error)
 
     def _run_call(self, job: _Job) -> None:
         assert job.call is not None

@@ -54,9 +54,10 @@ AGENT_ENV: Final = "CLAWTRACE_AGENT"
 # Secrets of the node agent that the supervised (and possibly misbehaving)
 # agent process has no business reading.
 SCRUBBED_ENV: Final = ("CLAWTRACE_TOKEN",)
-# Kinds the agent process may report itself; heartbeats and lifecycle
-# changes are the node agent's own observations.
-SDK_KINDS: Final = frozenset({"log", "thought", "llm_call", "tool_call", "tool_result", "policy"})
+# Kinds the agent process may report itself. Heartbeats and lifecycle
+# changes are the node agent's own observations, and policy decisions are the
+# audit trail of the enforcement point: an agent must not be able to forge them.
+SDK_KINDS: Final = frozenset({"log", "thought", "llm_call", "tool_call", "tool_result"})
 # Keeps any one event well under the gateway's 1 MiB frame limit, even
 # after JSON escaping, so one huge tool output cannot wedge the spool.
 MAX_FIELD_CHARS: Final = 64 * 1024
@@ -176,7 +177,7 @@ class NodeAgent:
         self.spool: Spool | None = None
         self.client: UplinkClient | None = None
         self.supervisor: Supervisor | None = None
-        self.local = LocalServer(self._on_sdk_messages)
+        self.local = LocalServer(self._on_sdk_messages, prefer_dir=str(config.spool_dir))
         self._usage = _Usage()
         self._echo = config.echo
         self._seen_commands: deque[str] = deque(maxlen=256)
@@ -201,8 +202,14 @@ class NodeAgent:
         except Exception:
             # Disk full or the spool file gone: the child must keep running,
             # so count the loss and say so instead of crashing.
+            first = self.events_dropped == 0
             self.events_dropped += len(events)
-            log.exception("could not write %d events to the spool; they are lost", len(events))
+            if first or self.events_dropped % 1000 < len(events):
+                log.exception(
+                    "could not write events to the spool in %s; %d lost so far",
+                    self.config.spool_dir,
+                    self.events_dropped,
+                )
             return
         if self.client is not None:
             self.client.notify()

@@ -29,6 +29,8 @@ SOCKET_ENV: Final = "CLAWTRACE_SOCKET"
 # not an event the gateway would accept anyway.
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 READ_CHUNK: Final = 64 * 1024
+# sun_path holds 108 bytes on Linux (104 on macOS), terminator included.
+MAX_SOCKET_PATH: Final = 100
 
 MessagesHandler = Callable[[list[dict[str, Any]]], None]
 
@@ -42,9 +44,12 @@ class LocalServer:
     in order, so the caller can spool them in one transaction.
     """
 
-    def __init__(self, on_messages: MessagesHandler, path: str | None = None) -> None:
+    def __init__(
+        self, on_messages: MessagesHandler, path: str | None = None, *, prefer_dir: str | None = None
+    ) -> None:
         self.on_messages = on_messages
         self._requested_path = path
+        self._prefer_dir = os.path.abspath(prefer_dir) if prefer_dir is not None else None
         self._tmpdir: str | None = None
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -54,8 +59,15 @@ class LocalServer:
         self.messages_rejected = 0
 
     async def start(self) -> str:
-        if self._requested_path is not None:
-            path = self._requested_path
+        """Listen; the socket goes at ``path``, else in ``prefer_dir`` if its path fits, else in /tmp."""
+        path = self._requested_path
+        if path is None and self._prefer_dir is not None:
+            candidate = os.path.join(self._prefer_dir, "sdk.sock")
+            # Next to the spool, a node agent killed with -9 leaves nothing
+            # behind in /tmp, and its successor replaces the stale socket.
+            if len(os.fsencode(candidate)) <= MAX_SOCKET_PATH:
+                path = candidate
+        if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         else:
@@ -66,6 +78,9 @@ class LocalServer:
             os.chmod(self._tmpdir, 0o700)
             path = os.path.join(self._tmpdir, "sdk.sock")
         self._server = await asyncio.start_unix_server(self._handle, path=path)
+        # Connecting needs write permission on the socket file: only this
+        # user may report events on the agent's behalf.
+        os.chmod(path, 0o600)
         self.path = path
         log.debug("SDK socket listening on %s", path)
         return path

@@ -153,7 +153,8 @@ def decode_client_message(data: bytes | str) -> Hello | DecodedEvents:
         raise FrameError(ErrorCode.INVALID_JSON, f"frame is not usable: {_TOO_DEEP}") from None
     except UnicodeEncodeError as exc:
         # A str holding lone surrogates (a WebSocket text frame never does: it is valid UTF-8).
-        raise FrameError(ErrorCode.INVALID_UTF8, f"frame is not valid UTF-8 (character {exc.start})") from None
+        message = f"frame is not valid UTF-8 (character {exc.start})"
+        raise FrameError(ErrorCode.INVALID_UTF8, message) from None
 
 
 def _decode_client_message(data: bytes | str) -> Hello | DecodedEvents:

@@ -91,13 +91,16 @@ class FleetConfig:
 
 
 def agent_ids(config: FleetConfig) -> list[tuple[str, str]]:
-    """(agent id, region) for the fleet: regions round robin, ids URL-path safe."""
+    """(agent id, region) for the fleet: regions round robin, ids URL-path safe.
+
+    Both follow from the agent's index alone, so a fleet split over several
+    processes (``first_index``) names its agents as one process would.
+    """
     last = config.first_index + config.agents - 1
     width = max(4, len(str(last)))
     out = []
-    for n in range(config.agents):
-        index = config.first_index + n
-        region = config.regions[n % len(config.regions)]
+    for index in range(config.first_index, last + 1):
+        region = config.regions[(index - 1) % len(config.regions)]
         out.append((f"{config.id_prefix}{region}-a-{index:0{width}d}", region))
     return out
 
@@ -105,8 +108,8 @@ def agent_ids(config: FleetConfig) -> list[tuple[str, str]]:
 def agent_specs(config: FleetConfig) -> list[AgentSpec]:
     specs = []
     for n, (agent, region) in enumerate(agent_ids(config)):
-        # Offset by region count so each region gets every model and team.
-        group = n // len(config.regions)
+        # By index over region count, so each region gets every model and team.
+        group = (config.first_index + n - 1) // len(config.regions)
         model = catalog.PRIMARY_MODELS[group % len(catalog.PRIMARY_MODELS)]
         labels = {"team": catalog.TEAMS[group % len(catalog.TEAMS)], "model": model, **config.labels}
         specs.append(AgentSpec(agent, config.env, region, model, labels, config.release))

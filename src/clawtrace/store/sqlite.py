@@ -35,6 +35,7 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=OFF",
 )
 
+CHECKPOINT_INTERVAL = 1.0
 _INSERT_EVENTS = (
     "INSERT OR IGNORE INTO events (agent, seq, session, kind, ts, received, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -104,6 +105,8 @@ class SQLiteStore(Store):
         # executemany are several times faster than through Core.
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._prune_from: dict[str, tuple[int, int]] = {}
 
     @staticmethod
@@ -118,11 +121,29 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             for pragma in _PRAGMAS:
                 conn.execute(pragma)
-            # Fewer, larger checkpoints keep big batches fast as the file grows.
-            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            # Checkpoints run on their own thread (see _checkpoint_loop) so a
+            # commit never waits for the WAL to be copied into the database.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA cache_size=-65536")
             self._writer = conn
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="clawtrace-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
         return self._writer
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            while not self._closing.wait(CHECKPOINT_INTERVAL):
+                try:
+                    # PASSIVE never blocks the writer; it copies what it can.
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    continue
+        finally:
+            conn.close()
 
     def migrate(self) -> None:
         try:
@@ -132,6 +153,9 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open the SQLite store at {self.path}: {exc.orig}") from exc
 
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(5)
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
