@@ -1,36 +1,60 @@
-"""Entry point: ``clawtrace`` and its command groups."""
+"""Entry point: ``clawtrace`` and its commands.
+
+Commands are imported only when used, so `clawtrace run` (started once per
+agent) does not pay for importing the gateway.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from clawtrace import __version__
 
+COMMANDS: dict[str, str] = {
+    "up": "clawtrace.cli.up:up",
+    "demo": "clawtrace.cli.demo:demo",
+    "token": "clawtrace.cli.token:token",
+    "run": "clawtrace.cli.run:run",
+    "tail": "clawtrace.cli.tail:tail",
+    "replay": "clawtrace.cli.replay:replay",
+    "simulate": "clawtrace.cli.simulate:simulate",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="clawtrace")
 def cli() -> None:
     """ClawTrace: see what every agent in your fleet does and thinks.
 
-    Start a gateway with `clawtrace up`, run agents under `clawtrace run`,
-    watch them with `clawtrace tail` and `clawtrace replay`, or try it all at
-    once with `clawtrace demo`.
+    \b
+    Start here:
+      clawtrace demo                  gateway + console + 50 simulated agents
+      clawtrace up                    run the gateway (127.0.0.1:7420, SQLite in ./.clawtrace)
+      clawtrace token create ...      credentials for people and node agents
+      clawtrace run ... -- CMD        run CMD as a supervised, observed agent
+      clawtrace tail AGENT -f         its stdout/stderr, thoughts and tool calls, live
+      clawtrace replay AGENT          step through one run's reasoning
     """
 
 
-def _register() -> None:
-    from clawtrace.cli.demo import demo
-    from clawtrace.cli.replay import replay
-    from clawtrace.cli.run import run
-    from clawtrace.cli.simulate import simulate
-    from clawtrace.cli.tail import tail
-    from clawtrace.cli.token import token
-    from clawtrace.cli.up import up
-
-    for command in (up, demo, token, run, tail, replay, simulate):
-        cli.add_command(command)
-
-
 def main() -> None:
-    _register()
     cli()

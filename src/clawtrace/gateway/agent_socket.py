@@ -102,7 +102,12 @@ class AgentConnection:
         await self.ws.accept()
         try:
             hello = await self._read_hello()
-        except (WebSocketDisconnect, TimeoutError):
+        except WebSocketDisconnect:
+            return
+        except TimeoutError:
+            await self.refuse(
+                ErrorCode.UNEXPECTED_MESSAGE, f"no hello within {HELLO_TIMEOUT:g} s", CloseCode.PROTOCOL_ERROR
+            )
             return
         if hello is None:
             return
@@ -231,6 +236,8 @@ class AgentConnection:
                 await asyncio.sleep(wait)
             for error in message.errors:
                 await self.send_error(error)
+            if self._closed or state.link is not self:
+                return  # replaced meanwhile: the new connection owns this agent now
             result = self.pipeline.ingest(state, message.events, last_seen, data)
             for error in result.errors:
                 await self.send_error(error)

@@ -36,15 +36,26 @@ class Outbox(Protocol):
 
     def acked(self, seq: int) -> None: ...
 
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever put in the outbox (0 if none)."""
+        ...
+
 
 class MemoryOutbox:
     """An outbox that lives as long as the process (simulator, tests)."""
 
     def __init__(self) -> None:
         self._items: deque[tuple[int, bytes]] = deque()
+        self._last_seq = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
 
     def append(self, event: Event) -> None:
         self._items.append((event.seq, encode(event)))
+        self._last_seq = max(self._last_seq, event.seq)
 
     def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -127,6 +138,7 @@ class UplinkClient:
         self.connects = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self._closed = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._throttle_until = 0.0
@@ -142,7 +154,18 @@ class UplinkClient:
                 delay = self.reconnect_min
             except RefusedError:
                 raise
-            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            except websockets.exceptions.InvalidStatus as exc:
+                # An auth proxy in front of the gateway may refuse the upgrade itself.
+                self.last_error = f"gateway refused the connection: HTTP {exc.response.status_code}"
+                if exc.response.status_code in (401, 403):
+                    raise RefusedError(self.last_error) from None
+            except (
+                OSError,
+                TimeoutError,
+                websockets.exceptions.WebSocketException,
+                msgspec.DecodeError,
+            ) as exc:
+                # msgspec.DecodeError covers a welcome that is not one (ValidationError subclasses it).
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.debug("connection to %s failed: %s", self.url, self.last_error)
             finally:
@@ -150,17 +173,17 @@ class UplinkClient:
                 self._ws = None
             if self._closing:
                 break
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max)
 
     async def close(self, drain_timeout: float = 0.0) -> None:
         """Stop, after waiting up to ``drain_timeout`` s for everything to be acked."""
-        if drain_timeout > 0:
-            last = self._last_pending_seq()
-            if last is not None:
-                with contextlib.suppress(TimeoutError):
-                    await self.wait_acked(last, drain_timeout)
+        if drain_timeout > 0 and self.outbox.last_seq > self.acked_seq:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_acked(self.outbox.last_seq, drain_timeout)
         self._closing = True
+        self._closed.set()
         self._wake.set()
         ws = self._ws
         if ws is not None:
@@ -173,10 +196,6 @@ class UplinkClient:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ack_waiters.append((seq, future))
         await asyncio.wait_for(future, timeout)
-
-    def _last_pending_seq(self) -> int | None:
-        pending = self.outbox.pending(self.acked_seq, 1_000_000_000)
-        return pending[-1][0] if pending else None
 
     async def _session(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
