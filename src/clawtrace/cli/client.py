@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 import httpx
 
-from clawtrace.cli.options import http_base
+from clawtrace.protocol.client import http_base
 
 
 class GatewayClient:
@@ -34,10 +35,7 @@ class GatewayClient:
         return response.json()
 
     def live_url(self, **params: str | None) -> str:
-        query = "&".join(f"{k}={v}" for k, v in params.items() if v)
-        ws_base = (
-            "ws://" + self.base[len("http://") :]
-            if self.base.startswith("http://")
-            else ("wss://" + self.base[len("https://") :])
-        )
+        query = urlencode({k: v for k, v in params.items() if v})
+        scheme, _, rest = self.base.partition("://")
+        ws_base = ("wss" if scheme == "https" else "ws") + "://" + rest
         return f"{ws_base}/api/v1/live" + (f"?{query}" if query else "")

@@ -38,15 +38,3 @@ def data_dir_option(func: F) -> F:
         type=click.Path(file_okay=False),
         help="Where the embedded gateway keeps its SQLite store. Env: CLAWTRACE_DATA_DIR.",
     )(func)
-
-
-def http_base(gateway: str) -> str:
-    """Accept ws:// or http:// forms of the gateway address."""
-    base = gateway.rstrip("/")
-    if base.startswith("ws://"):
-        base = "http://" + base[len("ws://") :]
-    elif base.startswith("wss://"):
-        base = "https://" + base[len("wss://") :]
-    if base.endswith("/v1/agent"):
-        base = base[: -len("/v1/agent")]
-    return base

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -104,6 +104,18 @@ class Spool:
 
     # --- writing -----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
     @property
     def last_seq(self) -> int:
         """The highest seq ever assigned by this spool (0 if none)."""
@@ -125,16 +137,9 @@ class Spool:
             event = msgspec.structs.replace(event, seq=seq)
             stored.append(event)
             rows.append((seq, encode(event)))
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany("INSERT INTO events (seq, data) VALUES (?, ?)", rows)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(seq),))
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._last_seq = seq
         return stored
 
@@ -176,17 +181,10 @@ class Spool:
                 continue
             seq += 1
             renumbered.append((seq, encode(msgspec.structs.replace(event, seq=seq))))
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.execute("DELETE FROM events")
             db.executemany("INSERT INTO events (seq, data) VALUES (?, ?)", renumbered)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(seq),))
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         self._last_seq = seq
 
     # --- inspection --------------------------------------------------------

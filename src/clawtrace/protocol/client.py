@@ -85,13 +85,21 @@ ErrorHandler = Callable[[Error], None]
 
 
 def agent_url(gateway: str) -> str:
-    """Accept ``ws://host:port`` or a full ``.../v1/agent`` URL."""
+    """Accept ``ws://host:port``, ``http://host:port`` or a full ``.../v1/agent`` URL."""
+    base = http_base(gateway)
+    scheme, _, rest = base.partition("://")
+    return ("wss" if scheme == "https" else "ws") + "://" + rest + AGENT_PATH
+
+
+def http_base(gateway: str) -> str:
+    """The gateway's HTTP base URL, from any of the forms ``agent_url`` accepts."""
     base = gateway.rstrip("/")
-    if base.startswith("http://"):
-        base = "ws://" + base[len("http://") :]
-    elif base.startswith("https://"):
-        base = "wss://" + base[len("https://") :]
-    return base if base.endswith(AGENT_PATH) else base + AGENT_PATH
+    if base.endswith(AGENT_PATH):
+        base = base[: -len(AGENT_PATH)]
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return "http://" + base
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme) + "://" + rest
 
 
 class UplinkClient:
