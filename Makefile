@@ -6,9 +6,9 @@ demo:  ## gateway + console + 50 simulated agents (Ctrl-C stops)
 test:  ## lint, type check and the whole test suite, real services
 	scripts/test.sh
 
-bench:  ## ingest benchmark (quick); see bench/README.md
+bench:  ## the ingest benchmark behind the README's figures; see bench/README.md
 	scripts/bootstrap.sh test
-	.venv/bin/python bench/ingest.py --quick
+	.venv/bin/python bench/ingest.py --batch 50
 
 lint:
 	.venv/bin/ruff check src tests bench
