@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -22,14 +23,34 @@ from clawtrace.console import router as console_router
 from clawtrace.gateway.agent_socket import AgentConnection
 from clawtrace.gateway.api import json_response, router
 from clawtrace.gateway.live import LiveHub
+from clawtrace.gateway.metrics_api import router as metrics_router
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.redaction import DEFAULT_PATTERNS, Redactor
 from clawtrace.gateway.retention import retention_loop
 from clawtrace.gateway.settings import GatewaySettings
 from clawtrace.gateway.writer import StoreWriter
-from clawtrace.store import open_store
+from clawtrace.metrics import DEFAULT_PRICES_FILE, MetricsSettings, MetricsStage, PriceTable, RollupRow
+from clawtrace.metrics.prometheus import FleetCollector, IngestCounters, registry_for
+from clawtrace.store import AgentInfo, open_store
 
 log = logging.getLogger("clawtrace.gateway")
+
+
+def build_metrics(settings: GatewaySettings, pipeline: Pipeline) -> MetricsStage:
+    prices_file = Path(settings.prices_file) if settings.prices_file else DEFAULT_PRICES_FILE
+    prices = PriceTable.load(prices_file, settings.prices)
+
+    def directory(agent: str) -> AgentInfo | None:
+        state = pipeline.agents.get(agent)
+        return None if state is None else state.info
+
+    return MetricsStage(
+        prices,
+        directory,
+        MetricsSettings(
+            window_seconds=settings.metrics_window_seconds, tool_timeout_seconds=settings.tool_timeout_seconds
+        ),
+    )
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -45,6 +66,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await live.start()
         patterns = [*(DEFAULT_PATTERNS if settings.redact_defaults else ()), *settings.redact]
         pipeline = Pipeline(store, writer, bus, Redactor(patterns))
+        metrics = build_metrics(settings, pipeline)
+        pipeline.attach_listeners.append(lambda info: metrics.refresh_agent(info.agent))
+
+        def persist_rollups(rows: list[RollupRow]) -> asyncio.Future[None]:
+            return writer.call(lambda store: store.write_rollups(rows))
+
+        if settings.metrics_enabled:
+            await metrics.start(bus, persist_rollups)
+        collector = FleetCollector(
+            metrics,
+            lambda: IngestCounters(
+                accepted=pipeline.stats.accepted,
+                duplicates=pipeline.stats.duplicates,
+                rejected=pipeline.stats.rejected,
+                rows_written=writer.rows_written,
+                connected_agents=sum(1 for state in pipeline.agents.values() if state.link is not None),
+            ),
+            per_agent=settings.metrics_per_agent,
+        )
+        app.state.metrics = metrics
+        app.state.prometheus_collector = collector
+        app.state.prometheus_registry = registry_for(collector)
         app.state.settings = settings
         app.state.store = store
         app.state.writer = writer
@@ -59,6 +102,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention
+            await metrics.close()
+            # Minutes still open are persisted as they stand (a restart must not lose them).
+            rows = metrics.tick(now=float("inf"))
+            if rows:
+                await persist_rollups(rows)
             await live.close()
             await bus.close()
             await asyncio.to_thread(writer.stop)
@@ -74,6 +122,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
+    app.include_router(metrics_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 

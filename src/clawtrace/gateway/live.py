@@ -1,7 +1,7 @@
 """The live hub: pushes stored events to viewers as they arrive.
 
-It listens on the bus for committed event batches (subject
-``events.<env>.<agent>``, payload one event JSON per line) and fans them out
+It listens on the bus for accepted event batches (subject
+``events.<env>.<agent>``, payload a JSON array of events) and fans them out
 to viewers whose filter matches. A slow viewer loses events (and is told how
 many), never slows ingest down.
 """
@@ -31,7 +31,8 @@ class _Kind(msgspec.Struct):
     kind: str = ""
 
 
-_kind_decoder = msgspec.json.Decoder(_Kind)
+_kinds_decoder = msgspec.json.Decoder(list[_Kind])
+_raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 @dataclass(eq=False)
@@ -106,10 +107,10 @@ class LiveHub:
             if not viewer.wants(env, agent):
                 continue
             if lines is None:
-                lines = data.split(b"\n")
+                lines = [bytes(raw) for raw in _raw_decoder.decode(data)]
             if viewer.kinds:
                 if kinds is None:
-                    kinds = [_kind_decoder.decode(line).kind for line in lines]
+                    kinds = [item.kind for item in _kinds_decoder.decode(data)]
                 selected = [line for line, kind in zip(lines, kinds, strict=True) if kind in viewer.kinds]
                 if selected:
                     viewer.offer(selected)

@@ -1,8 +1,8 @@
 """The ingest pipeline: validate order, dedupe, redact, then store and fan out.
 
 receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -+-> store writer (then acks)
-                                                     +-> bus ``events.<env>.<agent>`` -> live hub
-                                                         (and, later, metrics and alerts)
+                                                     +-> bus ``events.<env>.<agent>`` -> live hub, metrics
+                                                         (a JSON array of events per message)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,6 +83,8 @@ class Pipeline:
         self.stats = PipelineStats()
         self._locks: dict[str, asyncio.Lock] = {}
         self._fanout: set[asyncio.Task[None]] = set()
+        # Called with the new AgentInfo whenever an agent (re)connects.
+        self.attach_listeners: list[Callable[[AgentInfo], None]] = []
 
     def _lock(self, agent: str) -> asyncio.Lock:
         lock = self._locks.get(agent)
@@ -111,6 +114,8 @@ class Pipeline:
             last_seq = await self.writer.call(lambda store: store.register_agent(info, time.time()))
             state = AgentState(info=info, accepted_seq=last_seq, link=link)
             self.agents[info.agent] = state
+            for listener in self.attach_listeners:
+                listener(info)
             return state
 
     async def detach(self, state: AgentState, link: AgentLink) -> None:
@@ -223,7 +228,7 @@ class Pipeline:
             # Fan out at acceptance, in parallel with the store write, so live
             # latency does not include the commit. Should the write fail, the
             # agent resends and viewers may see those events twice (by seq).
-            self._publish(events_subject(state.info.env, agent), b"\n".join(lines))
+            self._publish(events_subject(state.info.env, agent), b"[" + b",".join(lines) + b"]")
         return IngestResult(write, errors, last_seen, len(lines), duplicates)
 
     def _publish(self, subject: str, payload: bytes) -> None:

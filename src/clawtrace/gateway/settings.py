@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 
+from clawtrace.metrics.prices import ModelPrice
+
 
 class RedactionPattern(msgspec.Struct, forbid_unknown_fields=True):
     name: str
@@ -42,6 +44,17 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # permessage-deflate costs more CPU than it saves bandwidth on a LAN.
     ws_compression: bool = False
     log_level: str = "info"
+    # Metrics (docs/metrics.md). Disabling skips the stage entirely (benchmarks).
+    metrics_enabled: bool = True
+    metrics_window_seconds: float = 300.0
+    tool_timeout_seconds: float = 300.0
+    prices_file: str | None = None
+    prices: dict[str, ModelPrice] = {}
+    rollup_retention_days: float = 90.0
+    # /metrics: per-agent series multiply cardinality by the fleet size.
+    metrics_per_agent: bool = False
+    # /metrics wants a viewer credential unless this is false.
+    metrics_auth: bool = True
 
     @property
     def data_path(self) -> Path:

@@ -226,6 +226,18 @@ class Store(abc.ABC):
         retention never holds the write lock for long.
         """
 
+    # --- metric rollups --------------------------------------------------
+    @abc.abstractmethod
+    def write_rollups(self, rows: Sequence[tuple[str, int, bytes]]) -> None:
+        """Append (scope, minute, data) rows."""
+
+    @abc.abstractmethod
+    def query_rollups(self, scope: str, first_minute: int, last_minute: int) -> list[tuple[int, bytes]]:
+        """(minute, data) of ``scope`` in [first, last] by minute; a minute may have several rows."""
+
+    @abc.abstractmethod
+    def prune_rollups(self, before_minute: int) -> int: ...
+
     # --- credentials ----------------------------------------------------
     @abc.abstractmethod
     def add_token(self, token: TokenRecord) -> None: ...

@@ -69,3 +69,16 @@ tokens = sa.Table(
     sa.Column("expires", sa.Float, nullable=True),
     sa.Column("revoked", sa.Float, nullable=True),
 )
+
+rollups = sa.Table(
+    "rollups",
+    metadata,
+    # Insert-only: a minute that receives late events gets another row,
+    # and readers add the rows of a (scope, minute) together.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("minute", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Index("ix_rollups_scope_minute", "scope", "minute"),
+    sa.Index("ix_rollups_minute", "minute"),
+)

@@ -336,6 +336,33 @@ class SQLiteStore(Store):
                 lo = int(row[0]) + 1
         return lo
 
+    # --- metric rollups --------------------------------------------------
+    def write_rollups(self, rows: Sequence[tuple[str, int, bytes]]) -> None:
+        with self._write_lock:
+            conn = self._write_connection()
+            conn.execute("BEGIN")
+            try:
+                conn.executemany("INSERT INTO rollups (scope, minute, data) VALUES (?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def query_rollups(self, scope: str, first_minute: int, last_minute: int) -> list[tuple[int, bytes]]:
+        r = schema.rollups
+        query = (
+            sa.select(r.c.minute, r.c.data)
+            .where(r.c.scope == scope, r.c.minute >= first_minute, r.c.minute <= last_minute)
+            .order_by(r.c.minute)
+        )
+        with self.engine.connect() as c:
+            return [(int(row.minute), bytes(row.data)) for row in c.execute(query)]
+
+    def prune_rollups(self, before_minute: int) -> int:
+        with self._write_lock:
+            conn = self._write_connection()
+            return conn.execute("DELETE FROM rollups WHERE minute < ?", (before_minute,)).rowcount
+
     # --- credentials ----------------------------------------------------
     def add_token(self, token: TokenRecord) -> None:
         with self.engine.begin() as c:

@@ -1,0 +1,253 @@
+"""One agent's metrics, updated event by event (never by re-reading the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from clawtrace.metrics.buckets import Bucket, hist_percentile, merged, nearest_rank
+from clawtrace.metrics.prices import PriceTable
+
+# Events older than this (by event time) no longer count in the live
+# numbers; they still reach the persisted rollups.
+LIVE_MINUTES = 60
+
+
+class MetricEvent(msgspec.Struct, tag_field="kind", kw_only=True):
+    """The fields of an event that metrics read; the rest is skipped when decoding."""
+
+    seq: int
+    ts: datetime
+
+
+class MLog(MetricEvent, tag="log"):
+    stream: str = "stdout"
+
+
+class MThought(MetricEvent, tag="thought"):
+    pass
+
+
+class MLlmCall(MetricEvent, tag="llm_call"):
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    duration_ms: float = 0.0
+    cost_usd: float | None = None
+
+
+class MToolCall(MetricEvent, tag="tool_call"):
+    call_id: str = ""
+
+
+class MToolResult(MetricEvent, tag="tool_result"):
+    call_id: str = ""
+    ok: bool = True
+
+
+class MHeartbeat(MetricEvent, tag="heartbeat"):
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+
+
+class MLifecycle(MetricEvent, tag="lifecycle"):
+    state: str = ""
+
+
+class MPolicy(MetricEvent, tag="policy"):
+    pass
+
+
+AnyMetricEvent = MLog | MThought | MLlmCall | MToolCall | MToolResult | MHeartbeat | MLifecycle | MPolicy
+
+
+@dataclass(slots=True)
+class PendingCall:
+    minute: int
+    received: float
+
+
+class AgentMetrics:
+    """Minute buckets of one agent plus the running values that are not per minute."""
+
+    __slots__ = (
+        "agent",
+        "buckets",
+        "consecutive_failures",
+        "cpu_percent",
+        "expired_calls",
+        "last_event",
+        "last_heartbeat",
+        "llm_since_thought",
+        "pending_calls",
+        "restarts_total",
+        "rss_bytes",
+        "thought_ts",
+    )
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.buckets: dict[int, Bucket] = {}
+        self.pending_calls: dict[str, PendingCall] = {}
+        # Calls already counted as timed out: their late results are ignored.
+        self.expired_calls: dict[str, None] = {}
+        self.consecutive_failures = 0
+        self.last_heartbeat: float | None = None
+        self.last_event: float | None = None
+        self.cpu_percent: float | None = None
+        self.rss_bytes: int | None = None
+        self.restarts_total = 0
+        self.thought_ts: float | None = None
+        self.llm_since_thought = False
+
+    def _bucket(self, minute: int) -> Bucket:
+        bucket = self.buckets.get(minute)
+        if bucket is None:
+            bucket = self.buckets[minute] = Bucket()
+        if bucket.flushed:
+            if bucket.late is None:
+                bucket.late = Bucket()
+            return bucket.late
+        return bucket
+
+    def observe(self, event: AnyMetricEvent, received: float, prices: PriceTable) -> float:
+        """Count one event; returns its cost in USD (0 for anything but an llm_call)."""
+        ts = event.ts.timestamp()
+        # A clock far ahead would put events in minutes that never close.
+        if ts > received + 60:
+            ts = received
+        minute = int(ts // 60)
+        bucket = self._bucket(minute)
+        bucket.events += 1
+        self.last_event = received
+        if isinstance(event, MLog):
+            if event.stream == "stderr":
+                bucket.stderr_lines += 1
+        elif isinstance(event, MHeartbeat):
+            bucket.heartbeats += 1
+            self.last_heartbeat = received
+            self.cpu_percent = event.cpu_percent
+            self.rss_bytes = event.rss_bytes
+            if event.cpu_percent is not None:
+                bucket.cpu_sum += event.cpu_percent
+                bucket.cpu_n += 1
+            if event.rss_bytes is not None and event.rss_bytes > bucket.rss_max:
+                bucket.rss_max = event.rss_bytes
+        elif isinstance(event, MLlmCall):
+            bucket.llm_calls += 1
+            bucket.input_tokens += event.input_tokens
+            bucket.output_tokens += event.output_tokens
+            bucket.cached_tokens += event.cached_input_tokens
+            cost = event.cost_usd
+            if cost is None:
+                cost = prices.cost(
+                    event.model, event.input_tokens, event.output_tokens, event.cached_input_tokens
+                )
+                if cost is None:
+                    bucket.unpriced_calls += 1
+                    cost = 0.0
+            bucket.cost_usd += cost
+            bucket.add_latency(event.duration_ms)
+            self.llm_since_thought = True
+            return cost
+        elif isinstance(event, MThought):
+            self.thought_ts = ts
+            self.llm_since_thought = False
+        elif isinstance(event, MToolCall):
+            bucket.tool_calls += 1
+            self.pending_calls[event.call_id] = PendingCall(minute, received)
+            if self.thought_ts is not None and not self.llm_since_thought:
+                # No llm_call between the thought and its action: the gap is the reasoning time.
+                bucket.add_latency(max(0.0, (ts - self.thought_ts) * 1000))
+            self.thought_ts = None
+        elif isinstance(event, MToolResult):
+            pending = self.pending_calls.pop(event.call_id, None)
+            if pending is None and event.call_id in self.expired_calls:
+                del self.expired_calls[event.call_id]
+                return 0.0
+            target = bucket if pending is None else self._bucket(pending.minute)
+            target.actions += 1
+            if event.ok:
+                target.tool_ok += 1
+                self.consecutive_failures = 0
+            else:
+                target.tool_failed += 1
+                self.consecutive_failures += 1
+        elif isinstance(event, MLifecycle) and event.state == "restarting":
+            bucket.restarts += 1
+            self.restarts_total += 1
+        return 0.0
+
+    def expire_calls(self, received_before: float) -> int:
+        """Tool calls with no result in time count as failed; returns how many."""
+        expired = [cid for cid, call in self.pending_calls.items() if call.received < received_before]
+        for call_id in expired:
+            call = self.pending_calls.pop(call_id)
+            self._bucket(call.minute).tool_timeouts += 1
+            self.consecutive_failures += 1
+            self.expired_calls[call_id] = None
+        while len(self.expired_calls) > 1_000:
+            del self.expired_calls[next(iter(self.expired_calls))]
+        return len(expired)
+
+    def forget_before(self, minute: int) -> None:
+        for old in [m for m in self.buckets if m < minute]:
+            del self.buckets[old]
+
+    def window(self, first_minute: int) -> Bucket:
+        """Everything from ``first_minute`` on, late arrivals included."""
+        parts: list[Bucket] = []
+        for minute, bucket in self.buckets.items():
+            if minute >= first_minute:
+                parts.append(bucket)
+                if bucket.late is not None:
+                    parts.append(bucket.late)
+        return merged(parts)
+
+
+@dataclass(slots=True, frozen=True)
+class WindowNumbers:
+    """The live numbers of one agent or group over a window (see docs/metrics.md)."""
+
+    events_per_s: float
+    error_lines_per_s: float
+    tool_calls: int
+    tool_results: int
+    tool_success_rate: float | None
+    tokens: int
+    tokens_per_action: float | None
+    cost_usd_per_hour_rate: float
+    reasoning_latency_p50_ms: float | None
+    reasoning_latency_p95_ms: float | None
+    reasoning_latency_max_ms: float | None
+    llm_calls: int
+    unpriced_calls: int
+
+
+def window_numbers(window: Bucket, seconds: float) -> WindowNumbers:
+    results = window.tool_ok + window.tool_failed + window.tool_timeouts
+    tokens = window.input_tokens + window.output_tokens
+    samples = sorted(window.samples)
+    exact = len(samples) == window.latency_count
+    if exact:
+        p50, p95 = nearest_rank(samples, 50), nearest_rank(samples, 95)
+    else:
+        p50, p95 = hist_percentile(window.hist, 50), hist_percentile(window.hist, 95)
+    return WindowNumbers(
+        events_per_s=window.events / seconds,
+        error_lines_per_s=window.stderr_lines / seconds,
+        tool_calls=window.tool_calls,
+        tool_results=results,
+        tool_success_rate=None if results == 0 else window.tool_ok / results,
+        tokens=tokens,
+        tokens_per_action=None if window.actions == 0 else tokens / window.actions,
+        cost_usd_per_hour_rate=window.cost_usd / seconds * 3600,
+        reasoning_latency_p50_ms=p50,
+        reasoning_latency_p95_ms=p95,
+        reasoning_latency_max_ms=window.latency_max if window.latency_count else None,
+        llm_calls=window.llm_calls,
+        unpriced_calls=window.unpriced_calls,
+    )
