@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Form, Request
@@ -14,10 +12,11 @@ from starlette.concurrency import run_in_threadpool
 
 from clawtrace import __version__
 from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential
-from clawtrace.store import AgentRecord, EventQuery, Store
+from clawtrace.gateway.metrics_api import agent_row, current_fleet
+from clawtrace.metrics.fleet import STATUSES, FleetRow
+from clawtrace.store import EventQuery, Store
 
 COOKIE = SESSION_COOKIE
-HEARTBEAT_DEAD_SECONDS = 45.0
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals["version"] = __version__
@@ -34,14 +33,6 @@ def _credential(request: Request) -> Credential | None:
         return auth.authenticate(request.cookies.get(COOKIE))
     except AuthError:
         return None
-
-
-def _status(agent: AgentRecord, now: float) -> str:
-    if agent.last_heartbeat is not None and now - agent.last_heartbeat > HEARTBEAT_DEAD_SECONDS:
-        return "dead"
-    if not agent.connected:
-        return "offline"
-    return "healthy"
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -79,33 +70,16 @@ async def fleet(request: Request, env: str | None = None, q: str | None = None) 
     credential = _credential(request)
     if credential is None:
         return _login_redirect(request)
-    store: Store = request.app.state.store
     envs = credential.readable_envs()
     if env:
         envs = [env] if envs is None or env in envs else []
-    agents = await run_in_threadpool(store.list_agents, envs)
-    pipeline = request.app.state.pipeline
-    now = time.time()
-    rows: list[dict[str, Any]] = []
-    counts: dict[str, int] = {"healthy": 0, "offline": 0, "dead": 0}
-    for agent in agents:
-        if q and q.lower() not in agent.agent.lower():
-            continue
-        state = pipeline.agents.get(agent.agent)
-        agent.connected = state is not None and state.link is not None
-        status = _status(agent, now)
-        counts[status] += 1
-        rows.append(
-            {
-                "agent": agent,
-                "status": status,
-                "hb_age": None if agent.last_heartbeat is None else now - agent.last_heartbeat,
-            }
-        )
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    rows, _, _ = await current_fleet(request, envs)
+    rows = [row for row in rows if not q or q.lower() in row.agent.lower()]
+    counts = dict.fromkeys(STATUSES, 0)
+    groups: dict[tuple[str, str], list[FleetRow]] = {}
     for row in rows:
-        record: AgentRecord = row["agent"]
-        groups.setdefault((record.env, record.region), []).append(row)
+        counts[row.status] += 1
+        groups.setdefault((row.env, row.region), []).append(row)
     return templates.TemplateResponse(
         request,
         "fleet.html",
@@ -150,6 +124,6 @@ async def agent_page(request: Request, agent: str, session: str | None = None) -
             "sessions": list(reversed(sessions)),
             "events": events,
             "session": session,
-            "status": _status(record, time.time()),
+            "row": agent_row(request, record),
         },
     )

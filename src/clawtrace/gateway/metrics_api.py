@@ -19,7 +19,7 @@ from clawtrace.metrics.query import CHART_METRICS, series
 from clawtrace.metrics.scopes import scope_for
 from clawtrace.metrics.stage import MetricsStage
 from clawtrace.protocol import ErrorCode
-from clawtrace.store import Store
+from clawtrace.store import AgentRecord, Store
 
 router = APIRouter()
 
@@ -37,6 +37,15 @@ async def current_fleet(
     connected = {agent for agent, state in pipeline.agents.items() if state.link is not None}
     rows, windows = fleet_rows(stage, records, connected, now)
     return rows, windows, now
+
+
+def agent_row(request: Request, record: AgentRecord) -> FleetRow:
+    """The live numbers of one agent (what its row in the fleet view shows)."""
+    stage: MetricsStage = request.app.state.metrics
+    state = request.app.state.pipeline.agents.get(record.agent)
+    connected = {record.agent} if state is not None and state.link is not None else set()
+    rows, _ = fleet_rows(stage, [record], connected, stage.clock())
+    return rows[0]
 
 
 @router.get("/api/v1/fleet")

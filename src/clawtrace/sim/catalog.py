@@ -1,42 +1,40 @@
-"""What simulated agents talk about: models and their prices, tools, text.
+"""What simulated agents talk about: models, tools, text.
 
-Prices are list prices in USD per million tokens (input, cached input,
-output). They only set the ``cost_usd`` a simulated agent reports; the
-metrics pipeline keeps its own, editable price table.
+The ``cost_usd`` a simulated agent reports comes from the same price table
+the metrics stage uses for agents that report no cost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clawtrace.metrics.prices import PriceTable
+
+_PRICES = PriceTable.load()
+
 
 @dataclass(frozen=True, slots=True)
 class Model:
     name: str
-    input_per_m: float
-    cached_per_m: float
-    output_per_m: float
     # Median time to first and last token for a typical agent prompt, in ms.
     median_ms: float
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
-        fresh = input_tokens - cached_tokens
-        return (
-            fresh * self.input_per_m + cached_tokens * self.cached_per_m + output_tokens * self.output_per_m
-        ) / 1_000_000
+        """List price from the metrics price table, so reported and computed costs agree."""
+        return _PRICES.cost(self.name, input_tokens, output_tokens, cached_tokens) or 0.0
 
 
 MODELS: dict[str, Model] = {
     m.name: m
     for m in (
-        Model("gpt-4.1", 2.00, 0.50, 8.00, 2_400),
-        Model("gpt-4.1-mini", 0.40, 0.10, 1.60, 1_100),
-        Model("gpt-4o", 2.50, 1.25, 10.00, 2_000),
-        Model("o4-mini", 1.10, 0.275, 4.40, 4_500),
-        Model("claude-sonnet-4", 3.00, 0.30, 15.00, 3_000),
-        Model("claude-opus-4", 15.00, 1.50, 75.00, 6_000),
-        Model("claude-3-5-haiku", 0.80, 0.08, 4.00, 900),
-        Model("gemini-2.5-pro", 1.25, 0.31, 10.00, 3_500),
+        Model("gpt-4.1", 2_400),
+        Model("gpt-4.1-mini", 1_100),
+        Model("gpt-4o", 2_000),
+        Model("o4-mini", 4_500),
+        Model("claude-sonnet-4", 3_000),
+        Model("claude-opus-4", 6_000),
+        Model("claude-3-5-haiku", 900),
+        Model("gemini-2.5-pro", 3_500),
     )
 }
 
