@@ -640,3 +640,29 @@ async def test_retention_prunes_each_environment_by_its_own_age(
     finally:
         writer.stop()
         store.close()
+
+
+async def test_retention_prunes_metric_rollups_older_than_their_retention(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "clawtrace.db")
+    store.migrate()
+    now = time.time()
+    minute = int(now // 60)
+    store.write_rollups(
+        [
+            ("fleet", minute - 91 * 1440, b"{}"),  # older than the default 90 days
+            ("fleet", minute - 89 * 1440, b"{}"),
+            ("agent:a", minute, b"{}"),
+        ]
+    )
+    writer = StoreWriter(store)
+    writer.start()
+    try:
+        await retention.prune_once(GatewaySettings(), writer, now=now)
+        kept = store.query_rollups("fleet", minute - 100 * 1440, minute)
+        assert [m for m, _ in kept] == [minute - 89 * 1440]
+        assert store.query_rollups("agent:a", minute, minute) == [(minute, b"{}")]
+        await retention.prune_once(GatewaySettings(rollup_retention_days=0.5), writer, now=now)
+        assert store.query_rollups("fleet", minute - 100 * 1440, minute) == []
+    finally:
+        writer.stop()
+        store.close()

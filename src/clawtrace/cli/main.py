@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "tail": "clawtrace.cli.tail:tail",
     "replay": "clawtrace.cli.replay:replay",
     "simulate": "clawtrace.cli.simulate:simulate",
+    "top": "clawtrace.cli.top:top",
+    "stats": "clawtrace.cli.stats:stats",
 }
 
 
@@ -53,6 +55,8 @@ def cli() -> None:
       clawtrace run ... -- CMD        run CMD as a supervised, observed agent
       clawtrace tail AGENT -f         its stdout/stderr, thoughts and tool calls, live
       clawtrace replay AGENT          step through one run's reasoning
+      clawtrace top                   live fleet table: cost, failures, latency, heartbeats
+      clawtrace stats AGENT           one agent's numbers and a chart of the last hour
     """
 
 

@@ -104,7 +104,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 await retention
             await metrics.close()
             # Minutes still open are persisted as they stand (a restart must not lose them).
-            rows = metrics.tick(now=float("inf"))
+            rows = metrics.flush_all()
             if rows:
                 await persist_rollups(rows)
             await live.close()

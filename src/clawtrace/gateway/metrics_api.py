@@ -52,6 +52,7 @@ def agent_row(request: Request, record: AgentRecord) -> FleetRow:
 async def fleet(
     request: Request,
     credential: Viewer_,
+    agent: str | None = None,
     env: str | None = None,
     region: str | None = None,
     status: str | None = None,
@@ -78,7 +79,8 @@ async def fleet(
     selected = [
         (row, window)
         for row, window in zip(rows, windows, strict=True)
-        if (region is None or row.region == region)
+        if (agent is None or row.agent == agent)
+        and (region is None or row.region == region)
         and (status is None or row.status == status)
         and (not label or row.labels.get(label_key) == label_value)
         and (not q or q.lower() in row.agent.lower())
@@ -118,6 +120,9 @@ async def metrics_series(
         raise ApiError(400, "invalid_parameter", f"metric must be among {', '.join(CHART_METRICS)}")
     if step % 60:
         raise ApiError(400, "invalid_parameter", "step must be a multiple of 60 seconds")
+    if label and agent is None and (env or region):
+        # Label rollups span every environment and region; they cannot be narrowed.
+        raise ApiError(400, "invalid_parameter", "label cannot be combined with env or region")
     stage: MetricsStage = request.app.state.metrics
     store: Store = request.app.state.store
     readable = credential.readable_envs()
@@ -134,8 +139,10 @@ async def metrics_series(
     except ValueError as exc:
         raise ApiError(400, "invalid_parameter", str(exc)) from None
     now = stage.clock()
-    until_s = _parse_time(until, "until") or now
-    since_s = _parse_time(since, "since") or until_s - 3600
+    until_s = _parse_time(until, "until")
+    until_s = now if until_s is None else until_s
+    since_s = _parse_time(since, "since")
+    since_s = until_s - 3600 if since_s is None else since_s
     if since_s >= until_s:
         raise ApiError(400, "invalid_parameter", "since must be before until")
     stored = await run_in_threadpool(store.query_rollups, scope, int(since_s // 60), int(until_s // 60))
@@ -149,12 +156,17 @@ async def metrics_series(
 
 @router.get("/metrics", include_in_schema=False)
 async def prometheus(request: Request) -> Response:
+    envs: list[str] | None = None
     if request.app.state.settings.metrics_auth:
         try:
-            request.app.state.auth.authenticate(bearer_token(request.headers)).require("viewer")
+            credential = request.app.state.auth.authenticate(bearer_token(request.headers))
+            credential.require("viewer")
         except (AuthError, PermissionDenied) as exc:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, f"{exc} (or set metrics_auth = false)") from None
-    rows, _, _ = await current_fleet(request, None)
+        # A credential for one environment scrapes that environment's series only.
+        envs = credential.readable_envs()
+    rows, _, _ = await current_fleet(request, envs)
     collector: FleetCollector = request.app.state.prometheus_collector
     collector.rows = rows
+    collector.envs = None if envs is None else frozenset(envs)
     return Response(generate_latest(request.app.state.prometheus_registry), media_type=CONTENT_TYPE_LATEST)

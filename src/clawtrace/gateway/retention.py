@@ -38,6 +38,8 @@ async def prune_once(settings: GatewaySettings, writer: StoreWriter, now: float 
                 settings.retention_for(env),
                 env,
             )
+    rollup_cutoff = int((now - settings.rollup_retention_days * 86_400) // 60)
+    await writer.call(lambda store: store.prune_rollups(rollup_cutoff))
     return deleted_total
 
 

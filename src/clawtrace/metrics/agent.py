@@ -75,6 +75,7 @@ class AgentMetrics:
 
     __slots__ = (
         "agent",
+        "answered_calls",
         "buckets",
         "consecutive_failures",
         "cpu_percent",
@@ -94,6 +95,8 @@ class AgentMetrics:
         self.pending_calls: dict[str, PendingCall] = {}
         # Calls already counted as timed out: their late results are ignored.
         self.expired_calls: dict[str, None] = {}
+        # Results that came before their call (out of order): that call is not pending.
+        self.answered_calls: dict[str, None] = {}
         self.consecutive_failures = 0
         self.last_heartbeat: float | None = None
         self.last_event: float | None = None
@@ -113,8 +116,9 @@ class AgentMetrics:
             return bucket.late
         return bucket
 
-    def observe(self, event: AnyMetricEvent, received: float, prices: PriceTable) -> float:
-        """Count one event; returns its cost in USD (0 for anything but an llm_call)."""
+    def observe(self, event: AnyMetricEvent, received: float, prices: PriceTable) -> float | None:
+        """Count one event; returns its cost in USD (0 for anything but an llm_call),
+        or None for a result ignored because its call already timed out."""
         ts = event.ts.timestamp()
         # A clock far ahead would put events in minutes that never close.
         if ts > received + 60:
@@ -158,7 +162,10 @@ class AgentMetrics:
             self.llm_since_thought = False
         elif isinstance(event, MToolCall):
             bucket.tool_calls += 1
-            self.pending_calls[event.call_id] = PendingCall(minute, received)
+            if event.call_id in self.answered_calls:
+                del self.answered_calls[event.call_id]
+            else:
+                self.pending_calls[event.call_id] = PendingCall(minute, received)
             if self.thought_ts is not None and not self.llm_since_thought:
                 # No llm_call between the thought and its action: the gap is the reasoning time.
                 bucket.add_latency(max(0.0, (ts - self.thought_ts) * 1000))
@@ -167,7 +174,11 @@ class AgentMetrics:
             pending = self.pending_calls.pop(event.call_id, None)
             if pending is None and event.call_id in self.expired_calls:
                 del self.expired_calls[event.call_id]
-                return 0.0
+                return None
+            if pending is None:
+                self.answered_calls[event.call_id] = None
+                while len(self.answered_calls) > 1_000:
+                    del self.answered_calls[next(iter(self.answered_calls))]
             target = bucket if pending is None else self._bucket(pending.minute)
             target.actions += 1
             if event.ok:
@@ -181,12 +192,15 @@ class AgentMetrics:
             self.restarts_total += 1
         return 0.0
 
-    def expire_calls(self, received_before: float) -> int:
-        """Tool calls with no result in time count as failed; returns how many."""
+    def expire_calls(self, received_before: float, minute: int | None = None) -> int:
+        """Tool calls with no result in time count as failed; returns how many.
+
+        They count in ``minute`` (the minute they expire in, so that the live
+        window sees them), else in the minute of the call."""
         expired = [cid for cid, call in self.pending_calls.items() if call.received < received_before]
         for call_id in expired:
             call = self.pending_calls.pop(call_id)
-            self._bucket(call.minute).tool_timeouts += 1
+            self._bucket(call.minute if minute is None else minute).tool_timeouts += 1
             self.consecutive_failures += 1
             self.expired_calls[call_id] = None
         while len(self.expired_calls) > 1_000:

@@ -35,7 +35,7 @@ class IngestCounters:
 
 
 class FleetCollector(Collector):
-    """Set ``rows`` (the current fleet rows) before each scrape."""
+    """Set ``rows`` (the current fleet rows) and ``envs`` (None: all) before each scrape."""
 
     def __init__(
         self, stage: MetricsStage, ingest: Callable[[], IngestCounters], per_agent: bool = False
@@ -44,6 +44,7 @@ class FleetCollector(Collector):
         self.ingest = ingest
         self.per_agent = per_agent
         self.rows: Sequence[FleetRow] = ()
+        self.envs: frozenset[str] | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._counters()
@@ -77,6 +78,8 @@ class FleetCollector(Collector):
             "clawtrace_agent_restarts", "Agent process restarts.", labels=ENV_REGION
         )
         for (env, region), group in sorted(self.stage.prometheus.groups.items()):
+            if self.envs is not None and env not in self.envs:
+                continue
             labels = [env, region]
             for token_type, histogram in (("input", group.input_tokens), ("output", group.output_tokens)):
                 tokens.add_metric([*labels, token_type], histogram.cumulative(), histogram.total)

@@ -87,10 +87,13 @@ class GroupCounters:
     stderr_lines: int = 0
     restarts: int = 0
 
-    def observe(self, event: AnyMetricEvent, cost_usd: float) -> None:
+    def observe(self, event: AnyMetricEvent, cost_usd: float | None) -> None:
+        """``cost_usd`` None: the metrics ignored the event (late result of a timed-out call)."""
         kind = event.__struct_config__.tag
         assert isinstance(kind, str)
         self.events[kind] = self.events.get(kind, 0) + 1
+        if cost_usd is None:
+            return
         if isinstance(event, MLog):
             if event.stream == "stderr":
                 self.stderr_lines += 1

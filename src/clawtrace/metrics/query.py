@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,7 +70,7 @@ def series(
 ) -> list[Series]:
     """Merge stored and not-yet-stored minutes into one value per step."""
     first = int(since // step) * step
-    count = max(1, int((until - first + step - 1) // step))
+    count = max(1, math.ceil((until - first) / step))
     if count > MAX_POINTS:
         raise ValueError(
             f"{count} points requested; at most {MAX_POINTS}: widen the step or narrow the range"
@@ -105,7 +106,10 @@ def series(
                 continue
             # One stored minute alone in its step keeps its exact percentiles.
             row = exact.get(index) if sources.get(index) == 1 else None
-            points.append((float(first + index * step), compute(step_bucket, float(step), row)))
+            start = first + index * step
+            # The step still in progress is a rate over the time it has covered so far.
+            seconds = max(1.0, min(float(step), until - start))
+            points.append((float(start), compute(step_bucket, seconds, row)))
         out.append(
             Series(metric=name, scope=scope, step=step, since=float(first), until=until, points=points)
         )

@@ -133,19 +133,30 @@ class MetricsStage:
         now = self.clock() if now is None else now
         settings = self.settings
         cutoff = now - settings.tool_timeout_seconds
-        last_closed = int((now - settings.close_after_seconds) // 60) - 1
+        for agent, metrics in self.agents.items():
+            if metrics.pending_calls:
+                expired = metrics.expire_calls(cutoff, int(now // 60))
+                if expired:
+                    known = self.known.get(agent) or _Known("", "")
+                    self.prometheus.group(known.env, known.region).tool_results["timeout"] += expired
+        rows = self._close_minutes(int((now - settings.close_after_seconds) // 60) - 1)
         oldest_live = int(now // 60) - LIVE_MINUTES
+        for metrics in self.agents.values():
+            metrics.forget_before(oldest_live)
+        return rows
+
+    def flush_all(self) -> list[RollupRow]:
+        """Rollup rows for every minute not yet persisted, open ones included (at shutdown)."""
+        return self._close_minutes(None)
+
+    def _close_minutes(self, last_closed: int | None) -> list[RollupRow]:
         groups: dict[tuple[str, int], Bucket] = {}
         rows: list[RollupRow] = []
         for agent, metrics in self.agents.items():
             known = self.known.get(agent) or _Known("", "")
-            if metrics.pending_calls:
-                expired = metrics.expire_calls(cutoff)
-                if expired:
-                    self.prometheus.group(known.env, known.region).tool_results["timeout"] += expired
             scopes = list(group_scopes(known.env, known.region, known.labels))
             for minute, bucket in metrics.buckets.items():
-                if minute > last_closed:
+                if last_closed is not None and minute > last_closed:
                     continue
                 part: Bucket | None
                 if not bucket.flushed:
@@ -163,11 +174,8 @@ class MetricsStage:
                     if group is None:
                         group = groups[(scope, minute)] = Bucket()
                     group.merge(part)
-            metrics.forget_before(oldest_live)
-        rows.extend(
-            (scope, minute, msgspec.json.encode(bucket.to_row()))
-            for (scope, minute), bucket in groups.items()
-        )
+        for (scope, minute), bucket in groups.items():
+            rows.append((scope, minute, msgspec.json.encode(bucket.to_row())))
         return rows
 
     # --- reads ------------------------------------------------------------
