@@ -74,12 +74,18 @@ class AgentMetrics:
     """Minute buckets of one agent plus the running values that are not per minute."""
 
     __slots__ = (
+        "_closed",
+        "_closed_hour",
+        "_closed_hour_start",
+        "_closed_key",
         "agent",
         "answered_calls",
         "buckets",
+        "closed_through",
         "consecutive_failures",
         "cpu_percent",
         "expired_calls",
+        "flush_due",
         "last_event",
         "last_heartbeat",
         "llm_since_thought",
@@ -92,6 +98,15 @@ class AgentMetrics:
     def __init__(self, agent: str) -> None:
         self.agent = agent
         self.buckets: dict[int, Bucket] = {}
+        # The last minute the stage has closed into rollups for this agent, and
+        # whether an event arrived for such a minute since (see MetricsStage.tick).
+        self.closed_through: int | None = None
+        self.flush_due = False
+        # The merged minutes of the live window before the current one (see window()).
+        self._closed: Bucket | None = None
+        self._closed_key: tuple[int, int] | None = None
+        self._closed_hour_start = 0
+        self._closed_hour: tuple[float, int] = (0.0, 0)
         self.pending_calls: dict[str, PendingCall] = {}
         # Calls already counted as timed out: their late results are ignored.
         self.expired_calls: dict[str, None] = {}
@@ -107,6 +122,10 @@ class AgentMetrics:
         self.llm_since_thought = False
 
     def _bucket(self, minute: int) -> Bucket:
+        if self._closed_key is not None and minute < self._closed_key[1]:
+            self._closed = None  # an event in an already merged minute
+        if self.closed_through is not None and minute <= self.closed_through:
+            self.flush_due = True  # an event for a minute the stage already closed
         bucket = self.buckets.get(minute)
         if bucket is None:
             bucket = self.buckets[minute] = Bucket()
@@ -208,18 +227,60 @@ class AgentMetrics:
         return len(expired)
 
     def forget_before(self, minute: int) -> None:
-        for old in [m for m in self.buckets if m < minute]:
-            del self.buckets[old]
+        old = [m for m in self.buckets if m < minute]
+        for m in old:
+            del self.buckets[m]
+        if old:
+            self._closed = None
 
     def window(self, first_minute: int) -> Bucket:
         """Everything from ``first_minute`` on, late arrivals included."""
+        return merged(self._parts(first_minute, None))
+
+    def live(self, first_minute: int, hour_start: int, current_minute: int) -> tuple[Bucket, float, int]:
+        """(the window from ``first_minute``, cost and restarts since ``hour_start``).
+
+        The minutes before ``current_minute`` are summed once and reused until
+        the minute changes or an event lands in one of them; a request then
+        only adds the minute in progress.
+        """
+        key = (first_minute, current_minute)
+        if self._closed is None or self._closed_key != key or self._closed_hour_start != hour_start:
+            self._closed = merged(self._parts(first_minute, current_minute))
+            self._closed_key = key
+            self._closed_hour_start = hour_start
+            self._closed_hour = self._sums(hour_start, current_minute)
+        window = Bucket()
+        window.merge(self._closed)
+        cost, restarts = self._closed_hour
+        # Event time may run up to a minute ahead of the gateway's clock.
+        for minute in (current_minute, current_minute + 1):
+            bucket = self.buckets.get(minute)
+            if bucket is None:
+                continue
+            for part in (bucket, bucket.late):
+                if part is not None:
+                    window.merge(part)
+                    cost += part.cost_usd
+                    restarts += part.restarts
+        return window, cost, restarts
+
+    def _parts(self, first_minute: int, before_minute: int | None) -> list[Bucket]:
         parts: list[Bucket] = []
         for minute, bucket in self.buckets.items():
-            if minute >= first_minute:
+            if minute >= first_minute and (before_minute is None or minute < before_minute):
                 parts.append(bucket)
                 if bucket.late is not None:
                     parts.append(bucket.late)
-        return merged(parts)
+        return parts
+
+    def _sums(self, first_minute: int, before_minute: int) -> tuple[float, int]:
+        cost = 0.0
+        restarts = 0
+        for part in self._parts(first_minute, before_minute):
+            cost += part.cost_usd
+            restarts += part.restarts
+        return cost, restarts
 
 
 @dataclass(slots=True, frozen=True)

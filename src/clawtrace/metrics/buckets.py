@@ -9,8 +9,11 @@ exactly across agents and minutes.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import msgspec
 
 MAX_SAMPLES = 2_000
 # Histogram bucket i holds values in (BASE**(i-1), BASE**i] milliseconds.
@@ -120,7 +123,8 @@ class Bucket:
         self.cpu_n = 0
         self.rss_max = 0
         self.latency_max = 0.0
-        self.samples: list[float] = []
+        # An array, not a list: a fleet's worth of float objects would slow down every GC pass.
+        self.samples = array("d")
         self.hist: dict[int, int] = {}
         # After a minute is persisted, late events go to a separate bucket
         # that is persisted on its own (rollups are insert-only).
@@ -136,15 +140,36 @@ class Bucket:
             self.latency_max = value_ms
 
     def merge(self, other: Bucket) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.rss_max = max(self.rss_max, other.rss_max)
-        self.latency_max = max(self.latency_max, other.latency_max)
-        room = MAX_SAMPLES - len(self.samples)
-        if room > 0:
-            self.samples.extend(other.samples[:room])
-        for index, count in other.hist.items():
-            self.hist[index] = self.hist.get(index, 0) + count
+        # Spelled out rather than looped over FIELDS: the fleet view merges
+        # thousands of buckets per request.
+        self.events += other.events
+        self.stderr_lines += other.stderr_lines
+        self.tool_calls += other.tool_calls
+        self.tool_ok += other.tool_ok
+        self.tool_failed += other.tool_failed
+        self.tool_timeouts += other.tool_timeouts
+        self.actions += other.actions
+        self.llm_calls += other.llm_calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cost_usd += other.cost_usd
+        self.unpriced_calls += other.unpriced_calls
+        self.restarts += other.restarts
+        self.heartbeats += other.heartbeats
+        self.cpu_sum += other.cpu_sum
+        self.cpu_n += other.cpu_n
+        if other.rss_max > self.rss_max:
+            self.rss_max = other.rss_max
+        if other.hist:
+            if other.latency_max > self.latency_max:
+                self.latency_max = other.latency_max
+            room = MAX_SAMPLES - len(self.samples)
+            if room > 0:
+                self.samples.extend(other.samples[:room])
+            hist = self.hist
+            for index, count in other.hist.items():
+                hist[index] = hist.get(index, 0) + count
 
     def is_empty(self) -> bool:
         return self.events == 0 and self.tool_timeouts == 0
@@ -176,6 +201,51 @@ class Bucket:
         bucket.latency_max = row.get("latency_max") or 0.0
         bucket.hist = {int(k): int(v) for k, v in (row.get("latency_hist") or {}).items()}
         return bucket
+
+
+class RollupData(msgspec.Struct, kw_only=True):
+    """A stored rollup row (``Bucket.to_row()`` as JSON), typed for fast decoding."""
+
+    events: int = 0
+    stderr_lines: int = 0
+    tool_calls: int = 0
+    tool_ok: int = 0
+    tool_failed: int = 0
+    tool_timeouts: int = 0
+    actions: int = 0
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_calls: int = 0
+    restarts: int = 0
+    heartbeats: int = 0
+    cpu_sum: float = 0.0
+    cpu_n: int = 0
+    rss_max: int = 0
+    latency_count: int = 0
+    latency_max: float = 0.0
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_hist: dict[int, int] = {}
+
+    def bucket(self) -> Bucket:
+        bucket = Bucket()
+        for name in Bucket.FIELDS:
+            setattr(bucket, name, getattr(self, name))
+        bucket.rss_max = self.rss_max
+        bucket.latency_max = self.latency_max
+        bucket.hist = self.latency_hist
+        return bucket
+
+
+_rollup_decoder = msgspec.json.Decoder(RollupData)
+
+
+def decode_rollup(data: bytes) -> RollupData:
+    row: RollupData = _rollup_decoder.decode(data)
+    return row
 
 
 def merged(buckets: Iterable[Bucket]) -> Bucket:

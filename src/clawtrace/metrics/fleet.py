@@ -122,13 +122,16 @@ def fleet_rows(
 ) -> tuple[list[FleetRow], list[Bucket]]:
     """A row per agent, and each agent's window bucket (for totals)."""
     first_minute, seconds = window_seconds(now, stage.settings.window_seconds)
-    hour_start = int(now // 60) - 59
+    current_minute = int(now // 60)
+    hour_start = current_minute - 59
     rows: list[FleetRow] = []
     windows: list[Bucket] = []
     for record in records:
         metrics = stage.agents.get(record.agent)
-        window = metrics.window(first_minute) if metrics else Bucket()
-        hour = metrics.window(hour_start) if metrics else Bucket()
+        if metrics is None:
+            window, cost_hour, restarts_hour = Bucket(), 0.0, 0
+        else:
+            window, cost_hour, restarts_hour = metrics.live(first_minute, hour_start, current_minute)
         numbers = window_numbers(window, seconds)
         is_connected = record.agent in connected
         status, heartbeat_age = status_of(record, is_connected, metrics, numbers, now)
@@ -158,9 +161,9 @@ def fleet_rows(
                 reasoning_latency_p50_ms=numbers.reasoning_latency_p50_ms,
                 reasoning_latency_p95_ms=numbers.reasoning_latency_p95_ms,
                 reasoning_latency_max_ms=numbers.reasoning_latency_max_ms,
-                cost_usd_last_hour=hour.cost_usd,
+                cost_usd_last_hour=cost_hour,
                 cost_usd_per_hour_rate=numbers.cost_usd_per_hour_rate,
-                restarts_last_hour=hour.restarts,
+                restarts_last_hour=restarts_hour,
                 restarts_total=metrics.restarts_total if metrics else 0,
                 unpriced_llm_calls=numbers.unpriced_calls,
             )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgspec
 
-from clawtrace.metrics.buckets import Bucket, hist_percentile, nearest_rank
+from clawtrace.metrics.buckets import Bucket, RollupData, decode_rollup, hist_percentile, merged, nearest_rank
 
 MAX_POINTS = 10_000
 
@@ -17,17 +16,16 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return None if denominator == 0 else numerator / denominator
 
 
-def _p(bucket: Bucket, exact: dict[str, Any] | None, percentile: int) -> float | None:
+def _p(bucket: Bucket, exact: RollupData | None, percentile: int) -> float | None:
     if exact is not None:
-        value = exact.get(f"latency_p{percentile}")
-        return None if value is None else float(value)
+        return exact.latency_p50 if percentile == 50 else exact.latency_p95
     if bucket.samples and len(bucket.samples) == bucket.latency_count:
         return nearest_rank(sorted(bucket.samples), percentile)
     return hist_percentile(bucket.hist, percentile)
 
 
 # name -> (value of one step's bucket, given the step in seconds and exact per-minute values)
-Metric = Callable[[Bucket, float, dict[str, Any] | None], float | None]
+Metric = Callable[[Bucket, float, RollupData | None], float | None]
 CHART_METRICS: dict[str, Metric] = {
     "events_per_s": lambda b, s, _: b.events / s,
     "error_lines_per_s": lambda b, s, _: b.stderr_lines / s,
@@ -76,23 +74,26 @@ def series(
             f"{count} points requested; at most {MAX_POINTS}: widen the step or narrow the range"
         )
     buckets: dict[int, Bucket] = {}
-    exact: dict[int, dict[str, Any] | None] = {}
+    exact: dict[int, RollupData | None] = {}
     sources: dict[int, int] = {}
 
-    def add(minute: int, bucket: Bucket, row: dict[str, Any] | None) -> None:
+    def add(minute: int, bucket: Bucket, row: RollupData | None) -> None:
         index = (minute * 60 - first) // step
         if not 0 <= index < count:
             return
-        total = buckets.get(index)
-        if total is None:
-            total = buckets[index] = Bucket()
-        total.merge(bucket)
-        sources[index] = sources.get(index, 0) + 1
+        seen = sources.get(index, 0)
+        sources[index] = seen + 1
         exact[index] = row
+        if seen == 0:
+            buckets[index] = bucket  # the common case at a 1-minute step: nothing to merge
+            return
+        if seen == 1:
+            buckets[index] = merged([buckets[index]])  # copy before adding to it
+        buckets[index].merge(bucket)
 
     for minute, data in stored:
-        row = msgspec.json.decode(data)
-        add(minute, Bucket.from_row(row), row)
+        row = decode_rollup(data)
+        add(minute, row.bucket(), row)
     for minute, bucket in open_buckets.items():
         add(minute, bucket, None)
     out: list[Series] = []
@@ -105,11 +106,11 @@ def series(
                 points.append((float(first + index * step), None))
                 continue
             # One stored minute alone in its step keeps its exact percentiles.
-            row = exact.get(index) if sources.get(index) == 1 else None
+            exact_row = exact.get(index) if sources.get(index) == 1 else None
             start = first + index * step
             # The step still in progress is a rate over the time it has covered so far.
             seconds = max(1.0, min(float(step), until - start))
-            points.append((float(start), compute(step_bucket, seconds, row)))
+            points.append((float(start), compute(step_bucket, seconds, exact_row)))
         out.append(
             Series(metric=name, scope=scope, step=step, since=float(first), until=until, points=points)
         )

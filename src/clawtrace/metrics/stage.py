@@ -66,6 +66,7 @@ class MetricsStage:
         self.prometheus = PrometheusCounters()
         self.events_observed = 0
         self.decode_errors = 0
+        self._last_closed: int | None = None
         self._subscription: Subscription | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -139,20 +140,30 @@ class MetricsStage:
                 if expired:
                     known = self.known.get(agent) or _Known("", "")
                     self.prometheus.group(known.env, known.region).tool_results["timeout"] += expired
-        rows = self._close_minutes(int((now - settings.close_after_seconds) // 60) - 1)
-        oldest_live = int(now // 60) - LIVE_MINUTES
-        for metrics in self.agents.values():
-            metrics.forget_before(oldest_live)
+        last_closed = int((now - settings.close_after_seconds) // 60) - 1
+        if last_closed != self._last_closed:
+            # A minute ended: close it for everyone (and forget what left the hour).
+            rows = self._close_minutes(last_closed, self.agents)
+            self._last_closed = last_closed
+            oldest_live = int(now // 60) - LIVE_MINUTES
+            for metrics in self.agents.values():
+                metrics.forget_before(oldest_live)
+        else:
+            # Otherwise only agents that received events for already closed minutes.
+            late = {agent: m for agent, m in self.agents.items() if m.flush_due}
+            rows = self._close_minutes(last_closed, late) if late else []
         return rows
 
     def flush_all(self) -> list[RollupRow]:
         """Rollup rows for every minute not yet persisted, open ones included (at shutdown)."""
-        return self._close_minutes(None)
+        return self._close_minutes(None, self.agents)
 
-    def _close_minutes(self, last_closed: int | None) -> list[RollupRow]:
+    def _close_minutes(self, last_closed: int | None, agents: dict[str, AgentMetrics]) -> list[RollupRow]:
         groups: dict[tuple[str, int], Bucket] = {}
         rows: list[RollupRow] = []
-        for agent, metrics in self.agents.items():
+        for agent, metrics in agents.items():
+            metrics.flush_due = False
+            metrics.closed_through = last_closed
             known = self.known.get(agent) or _Known("", "")
             scopes = list(group_scopes(known.env, known.region, known.labels))
             for minute, bucket in metrics.buckets.items():

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,7 +41,9 @@ _INSERT_EVENTS = (
     "INSERT OR IGNORE INTO events (agent, seq, session, kind, ts, received, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_IN_ENV = "agent IN (SELECT agent FROM agents WHERE env = ?)"
+# The unary plus keeps SQLite from planning the events delete on the (agent, seq)
+# index (every event of the environment) instead of the id range.
+_IN_ENV = "+agent IN (SELECT agent FROM agents WHERE env = ?)"
 _UPDATE_AGENT = """
 UPDATE agents SET
   last_seq = max(last_seq, ?),
@@ -106,6 +109,8 @@ class SQLiteStore(Store):
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._checkpointer: threading.Thread | None = None
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
         self._closing = threading.Event()
         self._prune_from: dict[str, tuple[int, int]] = {}
 
@@ -156,6 +161,8 @@ class SQLiteStore(Store):
         self._closing.set()
         if self._checkpointer is not None:
             self._checkpointer.join(5)
+        for reader in self._reader_connections:
+            reader.close()
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -239,11 +246,19 @@ class SQLiteStore(Store):
         return None if row is None else _agent_from_row(row)
 
     def list_agents(self, envs: Sequence[str] | None = None) -> list[AgentRecord]:
-        query = sa.select(schema.agents).order_by(schema.agents.c.agent)
+        # The fleet view lists every agent once a second or so: plain DB-API, same rows as Core.
+        columns = ", ".join(column.name for column in schema.agents.columns)
+        sql = f"SELECT {columns} FROM agents"
+        params: list[str] = []
         if envs is not None:
-            query = query.where(schema.agents.c.env.in_(list(envs)))
-        with self.engine.connect() as c:
-            return [_agent_from_row(row) for row in c.execute(query)]
+            envs = list(envs)
+            if not envs:
+                return []
+            sql += f" WHERE env IN ({', '.join('?' * len(envs))})"
+            params = envs
+        cursor = self._reader().execute(sql + " ORDER BY agent", params)
+        names = [d[0] for d in cursor.description]
+        return [_agent_from_row(SimpleNamespace(**dict(zip(names, row, strict=True)))) for row in cursor]
 
     def list_sessions(self, agent: str) -> list[SessionRecord]:
         s = schema.sessions
@@ -349,14 +364,24 @@ class SQLiteStore(Store):
                 raise
 
     def query_rollups(self, scope: str, first_minute: int, last_minute: int) -> list[tuple[int, bytes]]:
-        r = schema.rollups
-        query = (
-            sa.select(r.c.minute, r.c.data)
-            .where(r.c.scope == scope, r.c.minute >= first_minute, r.c.minute <= last_minute)
-            .order_by(r.c.minute)
+        # Charts read thousands of rows: plain DB-API on a per-thread connection
+        # is about twice as fast as Core here.
+        rows = self._reader().execute(
+            "SELECT minute, data FROM rollups"
+            " WHERE scope = ? AND minute >= ? AND minute <= ? ORDER BY minute",
+            (scope, first_minute, last_minute),
         )
-        with self.engine.connect() as c:
-            return [(int(row.minute), bytes(row.data)) for row in c.execute(query)]
+        return [(int(minute), bytes(data)) for minute, data in rows]
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            for pragma in _PRAGMAS:
+                conn.execute(pragma)
+            self._readers.conn = conn
+            self._reader_connections.append(conn)
+        return conn
 
     def prune_rollups(self, before_minute: int) -> int:
         with self._write_lock:
