@@ -257,7 +257,7 @@ def labels_json(labels: dict[str, str]) -> str:
 
 
 def labels_from_json(text: str | None) -> dict[str, str]:
-    if not text:
+    if not text or text == "{}":
         return {}
     value: Any = msgspec.json.decode(text)
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -6,7 +6,6 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,6 +62,12 @@ ON CONFLICT (agent, session) DO UPDATE SET
   last_ts = max(last_ts, excluded.last_ts),
   events = events + excluded.events
 """
+
+
+_AGENT_COLUMNS = (
+    "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
+    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes"
+)
 
 
 def _agent_from_row(row: Any) -> AgentRecord:
@@ -246,9 +251,8 @@ class SQLiteStore(Store):
         return None if row is None else _agent_from_row(row)
 
     def list_agents(self, envs: Sequence[str] | None = None) -> list[AgentRecord]:
-        # The fleet view lists every agent once a second or so: plain DB-API, same rows as Core.
-        columns = ", ".join(column.name for column in schema.agents.columns)
-        sql = f"SELECT {columns} FROM agents"
+        # The fleet view lists every agent on each refresh: plain DB-API, same rows as Core.
+        sql = f"SELECT {_AGENT_COLUMNS} FROM agents"
         params: list[str] = []
         if envs is not None:
             envs = list(envs)
@@ -256,9 +260,40 @@ class SQLiteStore(Store):
                 return []
             sql += f" WHERE env IN ({', '.join('?' * len(envs))})"
             params = envs
-        cursor = self._reader().execute(sql + " ORDER BY agent", params)
-        names = [d[0] for d in cursor.description]
-        return [_agent_from_row(SimpleNamespace(**dict(zip(names, row, strict=True)))) for row in cursor]
+        return [
+            AgentRecord(
+                agent=agent,
+                env=env,
+                region=region,
+                labels=labels_from_json(labels),
+                release=release,
+                connected=bool(connected),
+                first_seen=first_seen,
+                last_connect=last_connect,
+                last_disconnect=last_disconnect,
+                last_event=last_event,
+                last_heartbeat=last_heartbeat,
+                last_seq=last_seq,
+                cpu_percent=cpu_percent,
+                rss_bytes=rss_bytes,
+            )
+            for (
+                agent,
+                env,
+                region,
+                labels,
+                release,
+                connected,
+                first_seen,
+                last_connect,
+                last_disconnect,
+                last_event,
+                last_heartbeat,
+                last_seq,
+                cpu_percent,
+                rss_bytes,
+            ) in self._reader().execute(sql + " ORDER BY agent", params)
+        ]
 
     def list_sessions(self, agent: str) -> list[SessionRecord]:
         s = schema.sessions
