@@ -1,4 +1,4 @@
-.PHONY: demo test bench lint
+.PHONY: demo test bench bench-metrics lint
 
 demo:  ## gateway + console + 50 simulated agents (Ctrl-C stops)
 	scripts/demo.sh
@@ -9,6 +9,10 @@ test:  ## lint, type check and the whole test suite, real services
 bench:  ## the ingest benchmark behind the README's figures; see bench/README.md
 	scripts/bootstrap.sh test
 	.venv/bin/python bench/ingest.py --batch 50
+
+bench-metrics:  ## the metrics benchmark (issue 3 targets); see bench/README.md
+	scripts/bootstrap.sh test
+	.venv/bin/python bench/metrics.py
 
 lint:
 	.venv/bin/ruff check src tests bench
