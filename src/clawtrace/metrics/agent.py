@@ -78,6 +78,7 @@ class AgentMetrics:
         "_closed_hour",
         "_closed_hour_start",
         "_closed_key",
+        "_live",
         "agent",
         "answered_calls",
         "buckets",
@@ -93,6 +94,7 @@ class AgentMetrics:
         "restarts_total",
         "rss_bytes",
         "thought_ts",
+        "version",
     )
 
     def __init__(self, agent: str) -> None:
@@ -107,6 +109,9 @@ class AgentMetrics:
         self._closed_key: tuple[int, int] | None = None
         self._closed_hour_start = 0
         self._closed_hour: tuple[float, int] = (0.0, 0)
+        self._live: tuple[tuple[int, int, int, int], tuple[Bucket, float, int]] | None = None
+        # Bumped by every change, so cached views know when they are stale.
+        self.version = 0
         self.pending_calls: dict[str, PendingCall] = {}
         # Calls already counted as timed out: their late results are ignored.
         self.expired_calls: dict[str, None] = {}
@@ -138,6 +143,7 @@ class AgentMetrics:
     def observe(self, event: AnyMetricEvent, received: float, prices: PriceTable) -> float | None:
         """Count one event; returns its cost in USD (0 for anything but an llm_call),
         or None for a result ignored because its call already timed out."""
+        self.version += 1
         ts = event.ts.timestamp()
         # A clock far ahead would put events in minutes that never close.
         if ts > received + 60:
@@ -222,6 +228,7 @@ class AgentMetrics:
             self._bucket(call.minute if minute is None else minute).tool_timeouts += 1
             self.consecutive_failures += 1
             self.expired_calls[call_id] = None
+            self.version += 1
         while len(self.expired_calls) > 1_000:
             del self.expired_calls[next(iter(self.expired_calls))]
         return len(expired)
@@ -232,6 +239,7 @@ class AgentMetrics:
             del self.buckets[m]
         if old:
             self._closed = None
+            self.version += 1
 
     def window(self, first_minute: int) -> Bucket:
         """Everything from ``first_minute`` on, late arrivals included."""
@@ -244,6 +252,9 @@ class AgentMetrics:
         the minute changes or an event lands in one of them; a request then
         only adds the minute in progress.
         """
+        live_key = (self.version, first_minute, hour_start, current_minute)
+        if self._live is not None and self._live[0] == live_key:
+            return self._live[1]
         key = (first_minute, current_minute)
         if self._closed is None or self._closed_key != key or self._closed_hour_start != hour_start:
             self._closed = merged(self._parts(first_minute, current_minute))
@@ -263,6 +274,8 @@ class AgentMetrics:
                     window.merge(part)
                     cost += part.cost_usd
                     restarts += part.restarts
+        # Until the next event, repeated requests (top, console, scrapes) get this back.
+        self._live = (live_key, (window, cost, restarts))
         return window, cost, restarts
 
     def _parts(self, first_minute: int, before_minute: int | None) -> list[Bucket]:
@@ -305,12 +318,13 @@ class WindowNumbers:
 def window_numbers(window: Bucket, seconds: float) -> WindowNumbers:
     results = window.tool_ok + window.tool_failed + window.tool_timeouts
     tokens = window.input_tokens + window.output_tokens
-    samples = sorted(window.samples)
-    exact = len(samples) == window.latency_count
-    if exact:
-        p50, p95 = nearest_rank(samples, 50), nearest_rank(samples, 95)
-    else:
-        p50, p95 = hist_percentile(window.hist, 50), hist_percentile(window.hist, 95)
+    if window.percentiles is None:
+        samples = sorted(window.samples)
+        if len(samples) == window.latency_count:
+            window.percentiles = (nearest_rank(samples, 50), nearest_rank(samples, 95))
+        else:
+            window.percentiles = (hist_percentile(window.hist, 50), hist_percentile(window.hist, 95))
+    p50, p95 = window.percentiles
     return WindowNumbers(
         events_per_s=window.events / seconds,
         error_lines_per_s=window.stderr_lines / seconds,

@@ -72,6 +72,7 @@ class Bucket:
         "latency_max",
         "llm_calls",
         "output_tokens",
+        "percentiles",
         "restarts",
         "rss_max",
         "samples",
@@ -130,6 +131,8 @@ class Bucket:
         # that is persisted on its own (rollups are insert-only).
         self.flushed = False
         self.late: Bucket | None = None
+        # (p50, p95) once computed for a finished merge (see window_numbers); never for a live bucket.
+        self.percentiles: tuple[float | None, float | None] | None = None
 
     def add_latency(self, value_ms: float) -> None:
         if len(self.samples) < MAX_SAMPLES:
