@@ -727,14 +727,14 @@ def test_status_rules() -> None:
     now = T0 + 100
     empty = numbers(stage, now)
     # Dead: no heartbeat for more than 45 s (server time).
-    assert status_of(record(last_heartbeat=now - 45), True, None, empty, now) == ("healthy", 45.0)
-    assert status_of(record(last_heartbeat=now - 45.5), True, None, empty, now) == ("dead", 45.5)
+    assert status_of(record(last_heartbeat=now - 45), None, empty, now) == ("healthy", 45.0)
+    assert status_of(record(last_heartbeat=now - 45.5), None, empty, now) == ("dead", 45.5)
     # Never a heartbeat: the last event (else connect, else first sight) stands in.
-    assert status_of(record(last_event=now - 10), True, None, empty, now) == ("healthy", None)
-    assert status_of(record(last_event=now - 50), True, None, empty, now) == ("dead", None)
-    assert status_of(record(first_seen=now - 46, last_connect=None), False, None, empty, now)[0] == "dead"
+    assert status_of(record(last_event=now - 10), None, empty, now) == ("healthy", None)
+    assert status_of(record(last_event=now - 50), None, empty, now) == ("dead", None)
+    assert status_of(record(first_seen=now - 46, last_connect=None), None, empty, now)[0] == "dead"
     # Quarantined wins over everything.
-    assert status_of(record(last_heartbeat=now - 500), True, None, empty, now, quarantined=True)[0] == (
+    assert status_of(record(last_heartbeat=now - 500), None, empty, now, quarantined=True)[0] == (
         "quarantined"
     )
 

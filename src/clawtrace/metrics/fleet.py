@@ -91,7 +91,6 @@ def window_seconds(now: float, window: float) -> tuple[int, float]:
 
 def status_of(
     record: AgentRecord,
-    connected: bool,
     metrics: AgentMetrics | None,
     numbers: WindowNumbers,
     now: float,
@@ -134,7 +133,7 @@ def fleet_rows(
             window, cost_hour, restarts_hour = metrics.live(first_minute, hour_start, current_minute)
         numbers = window_numbers(window, seconds)
         is_connected = record.agent in connected
-        status, heartbeat_age = status_of(record, is_connected, metrics, numbers, now)
+        status, heartbeat_age = status_of(record, metrics, numbers, now)
         windows.append(window)
         rows.append(
             FleetRow(

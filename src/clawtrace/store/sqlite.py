@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +69,6 @@ _AGENT_COLUMNS = (
     "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
     " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes"
 )
-
-
-def _agent_from_row(row: Any) -> AgentRecord:
-    return AgentRecord(
-        agent=row.agent,
-        env=row.env,
-        region=row.region,
-        labels=labels_from_json(row.labels),
-        release=row.release,
-        connected=bool(row.connected),
-        first_seen=row.first_seen,
-        last_connect=row.last_connect,
-        last_disconnect=row.last_disconnect,
-        last_event=row.last_event,
-        last_heartbeat=row.last_heartbeat,
-        last_seq=row.last_seq,
-        cpu_percent=row.cpu_percent,
-        rss_bytes=row.rss_bytes,
-    )
 
 
 def _token_from_row(row: Any) -> TokenRecord:
@@ -195,13 +177,19 @@ class SQLiteStore(Store):
             (agent, session, s.first_seq, s.last_seq, s.started, s.last_ts, s.events)
             for (agent, session), s in batch.sessions.items()
         ]
+        with self._transaction() as conn:
+            conn.executemany(_INSERT_EVENTS, batch.rows)
+            conn.executemany(_UPDATE_AGENT, agent_rows)
+            conn.executemany(_UPSERT_SESSION, session_rows)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the write connection, rolled back on any error."""
         with self._write_lock:
             conn = self._write_connection()
+            conn.execute("BEGIN")
             try:
-                conn.execute("BEGIN")
-                conn.executemany(_INSERT_EVENTS, batch.rows)
-                conn.executemany(_UPDATE_AGENT, agent_rows)
-                conn.executemany(_UPSERT_SESSION, session_rows)
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -246,20 +234,20 @@ class SQLiteStore(Store):
 
     # --- reads ----------------------------------------------------------
     def get_agent(self, agent: str) -> AgentRecord | None:
-        with self.engine.connect() as c:
-            row = c.execute(sa.select(schema.agents).where(schema.agents.c.agent == agent)).first()
-        return None if row is None else _agent_from_row(row)
+        found = self._select_agents(" WHERE agent = ?", [agent])
+        return found[0] if found else None
 
     def list_agents(self, envs: Sequence[str] | None = None) -> list[AgentRecord]:
+        if envs is None:
+            return self._select_agents(" ORDER BY agent", [])
+        envs = list(envs)
+        if not envs:
+            return []
+        return self._select_agents(f" WHERE env IN ({', '.join('?' * len(envs))}) ORDER BY agent", envs)
+
+    def _select_agents(self, where: str, params: list[str]) -> list[AgentRecord]:
         # The fleet view lists every agent on each refresh: plain DB-API, same rows as Core.
-        sql = f"SELECT {_AGENT_COLUMNS} FROM agents"
-        params: list[str] = []
-        if envs is not None:
-            envs = list(envs)
-            if not envs:
-                return []
-            sql += f" WHERE env IN ({', '.join('?' * len(envs))})"
-            params = envs
+        sql = f"SELECT {_AGENT_COLUMNS} FROM agents{where}"
         return [
             AgentRecord(
                 agent=agent,
@@ -292,7 +280,7 @@ class SQLiteStore(Store):
                 last_seq,
                 cpu_percent,
                 rss_bytes,
-            ) in self._reader().execute(sql + " ORDER BY agent", params)
+            ) in self._reader().execute(sql, params)
         ]
 
     def list_sessions(self, agent: str) -> list[SessionRecord]:
@@ -388,15 +376,8 @@ class SQLiteStore(Store):
 
     # --- metric rollups --------------------------------------------------
     def write_rollups(self, rows: Sequence[tuple[str, int, bytes]]) -> None:
-        with self._write_lock:
-            conn = self._write_connection()
-            conn.execute("BEGIN")
-            try:
-                conn.executemany("INSERT INTO rollups (scope, minute, data) VALUES (?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.executemany("INSERT INTO rollups (scope, minute, data) VALUES (?, ?, ?)", rows)
 
     def query_rollups(self, scope: str, first_minute: int, last_minute: int) -> list[tuple[int, bytes]]:
         # Charts read thousands of rows: plain DB-API on a per-thread connection
