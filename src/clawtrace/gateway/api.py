@@ -235,7 +235,7 @@ async def post_events(request: Request, credential: AnyCredential, agent: str | 
     body = await request.body()
     if len(body) > settings.max_frame_bytes:
         raise ApiError(413, ErrorCode.FRAME_TOO_LARGE, f"body exceeds {settings.max_frame_bytes} bytes")
-    lines = [line for line in body.split(b"\n")]
+    lines = body.split(b"\n")
     errors: list[Error] = []
     by_agent: dict[str, list[Event]] = {}
     count = 0

@@ -161,28 +161,21 @@ def _decode_client_message(data: bytes | str) -> Hello | DecodedEvents:
     data = _check_utf8(data)
     try:
         message = _client_decoder.decode(data)
-    except msgspec.ValidationError:
-        pass
+    except msgspec.ValidationError as exc:
+        invalid = exc
     except msgspec.DecodeError as exc:
         raise FrameError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
     else:
         if isinstance(message, Hello):
             return message
         return DecodedEvents(events=message.events)
-    # Slow path: find out what is wrong, keeping every valid event.
+    # Slow path: an events frame keeps every valid event; anything else is refused whole.
     try:
-        raw = _raw_events_decoder.decode(data)
+        raw: _RawEvents | None = _raw_events_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        try:
-            _client_decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            raise FrameError(ErrorCode.INVALID_FRAME, f"invalid frame: {exc}") from None
-        raise  # pragma: no cover - the fast path would have succeeded
-    if raw.type != "events":
-        try:
-            _client_decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            raise FrameError(ErrorCode.INVALID_FRAME, f"invalid frame: {exc}") from None
+        raw = None
+    if raw is None or raw.type != "events":
+        raise FrameError(ErrorCode.INVALID_FRAME, f"invalid frame: {invalid}") from None
     return decode_events_lenient(raw.events)
 
 
