@@ -31,7 +31,7 @@ _decoder = msgspec.json.Decoder(list[AnyMetricEvent])
 
 RollupRow = tuple[str, int, bytes]  # (scope, minute, bucket row as JSON)
 AgentDirectory = Callable[[str], AgentInfo | None]
-RollupSink = Callable[[list[RollupRow]], "asyncio.Future[None] | None"]
+RollupSink = Callable[[list[RollupRow]], "asyncio.Future[None]"]
 
 
 @dataclass(slots=True)
@@ -71,11 +71,11 @@ class MetricsStage:
         self._ticker: asyncio.Task[None] | None = None
 
     # --- wiring -----------------------------------------------------------
-    async def start(self, bus: Bus, sink: Callable[[list[RollupRow]], asyncio.Future[None]]) -> None:
+    async def start(self, bus: Bus, sink: RollupSink) -> None:
         self._subscription = await bus.subscribe("events.>", self._on_message)
         self._ticker = asyncio.create_task(self._tick_loop(sink))
 
-    async def close(self, sink: Callable[[list[RollupRow]], asyncio.Future[None]] | None = None) -> None:
+    async def close(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
         if self._ticker is not None:
@@ -83,7 +83,7 @@ class MetricsStage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
 
-    async def _tick_loop(self, sink: Callable[[list[RollupRow]], asyncio.Future[None]]) -> None:
+    async def _tick_loop(self, sink: RollupSink) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
