@@ -660,7 +660,21 @@ async def test_rollups_survive_a_restart(gateway: GatewayProcess) -> None:
 # --- the simulator's fault scenarios ------------------------------------------------------
 
 
-async def test_simulated_loop_and_cost_spike_move_the_right_numbers(gateway: GatewayProcess) -> None:
+@pytest.fixture
+def dry_run_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway whose alerts decide but do not act: a restart would end the loop under test."""
+    config = tmp_path / "clawtrace.toml"
+    config.write_text("[gateway.alerts]\ndry_run = true\n")
+    process = GatewayProcess(tmp_path / "gw", extra_args=["--config", str(config)])
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_simulated_loop_and_cost_spike_move_the_right_numbers(dry_run_gateway: GatewayProcess) -> None:
+    gateway = dry_run_gateway
     config = FleetConfig(
         gateway=gateway.ws_url,
         token=gateway.token("dev", "agent"),

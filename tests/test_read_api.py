@@ -545,7 +545,7 @@ async def test_commands_reach_the_connected_agent(gw: GatewayProcess) -> None:
     assert response.status_code == 403
     response = await asyncio.to_thread(post, {"action": "restart"}, gw.token("prod", "operator"))
     assert response.status_code == 404
-    for bad in ({"action": "explode"}, {"action": "quarantine"}, {"reason": "no action"}, b"{not json",
+    for bad in ({"action": "explode"}, {"reason": "no action"}, b"{not json",
                 {"action": "stop", "unexpected": 1}):
         response = await asyncio.to_thread(post, bad)
         assert response.status_code == 400, (bad, response.text)
@@ -570,6 +570,20 @@ async def test_commands_reach_the_connected_agent(gw: GatewayProcess) -> None:
     assert received["id"] and received["id"] != sent["id"]
     assert received["reason"]  # a default reason names who asked
     assert received.get("payload", {}) == {}
+
+    # Quarantine is recorded (the fleet shows it), then sent; release lifts it.
+    response = await asyncio.to_thread(post, {"action": "quarantine", "reason": "rm -rf attempts"})
+    assert response.status_code == 202, response.text
+    received = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+    assert (received["action"], received["reason"]) == ("quarantine", "rm -rf attempts")
+    fleet = httpx.get(f"{gw.http_url}/api/v1/fleet", params={"status": "quarantined"},
+                      headers={"Authorization": f"Bearer {operator}"}, timeout=WAIT).json()
+    assert [row["agent"] for row in fleet["agents"]] == ["cmd-1"]
+    response = await asyncio.to_thread(post, {"action": "release"})
+    assert response.status_code == 202, response.text
+    assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["action"] == "release"
+    response = await asyncio.to_thread(post, {"action": "release"})
+    assert response.status_code == 409 and error_code(response) == "not_quarantined"
 
     await ws.close()
     async with asyncio.timeout(WAIT):

@@ -143,6 +143,7 @@ class AgentConnection:
                     )
                 )
             )
+            self.pipeline.welcomed(info)
             await self._read_events(state)
         except WebSocketDisconnect:
             pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -14,11 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential, PermissionDenied
+from clawtrace.alerts.drivers.base import AgentTarget
+from clawtrace.alerts.model import AuditEntry
 from clawtrace.gateway.agent_socket import bearer_token
+from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.live import LiveHub, Viewer
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.settings import GatewaySettings
-from clawtrace.protocol import KINDS, CloseCode, Command, Error, ErrorCode, Event, decode_event, encode
+from clawtrace.protocol import KINDS, CloseCode, Error, ErrorCode, Event, decode_event, encode
 from clawtrace.protocol.codec import describe_event_error
 from clawtrace.store import AgentEnvMismatch, AgentRecord, EventQuery, Store
 
@@ -196,11 +198,12 @@ class CommandRequest(msgspec.Struct, forbid_unknown_fields=True):
     payload: dict[str, Any] = {}
 
 
-_ACTIONS_NOW = ("restart", "stop")
+_ACTIONS = ("restart", "stop", "quarantine", "release")
 
 
 @router.post("/api/v1/agents/{agent}/commands", status_code=202)
 async def send_command(request: Request, agent: str, credential: AnyCredential) -> Response:
+    """restart / stop (sent to the node agent), quarantine / release (recorded, then sent); audited."""
     record = await _readable_agent(request, credential, agent)
     try:
         credential.require("operator", record.env)
@@ -210,22 +213,45 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
         body = msgspec.json.decode(await request.body(), type=CommandRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ApiError(
-            400, "invalid_body", f'expected {{"action": "restart"|"stop", "reason": "..."}}: {exc}'
+            400, "invalid_body", f'expected {{"action": {"|".join(_ACTIONS)}, "reason": "..."}}: {exc}'
         ) from None
-    if body.action not in _ACTIONS_NOW:
+    if body.action not in _ACTIONS:
         raise ApiError(
-            400, "invalid_body", f"unknown action {body.action!r}; supported: {', '.join(_ACTIONS_NOW)}"
+            400, "invalid_body", f"unknown action {body.action!r}; supported: {', '.join(_ACTIONS)}"
         )
-    command = Command(
-        id=secrets.token_hex(8),
-        action=body.action,  # type: ignore[arg-type]
-        reason=body.reason or f"requested by {credential.role} credential {credential.id}",
-        payload=body.payload,
+    commands: CommandService = request.app.state.commands
+    actor = f"{credential.role}:{credential.id}"
+    reason = body.reason or f"requested by {credential.role} credential {credential.id}"
+    command = None
+    if body.action == "quarantine":
+        target = AgentTarget(agent, record.env, record.region, record.labels)
+        result = await commands.quarantine(target, reason, actor)
+    elif body.action == "release":
+        result = await commands.release(agent, reason)
+        engine = request.app.state.alerts
+        if result.ok and engine is not None:
+            engine.remediator.released(agent)
+    else:
+        command, result = await commands.send(agent, body.action, reason, body.payload)  # type: ignore[arg-type]
+    entry = AuditEntry(
+        ts=time.time(),
+        env=record.env,
+        actor=actor,
+        action=body.action,
+        target=agent,
+        reason=reason,
+        result="ok" if result.ok else "failed",
+        detail={"detail": result.detail},
     )
-    delivered = await _pipeline(request).send_command(agent, encode(command))
-    if not delivered:
-        raise ApiError(409, "not_connected", f"agent {agent!r} is not connected; the command was not sent")
-    return json_response({"command": command, "delivered": True}, 202)
+    await request.app.state.writer.call(lambda store: store.add_audit([entry]))
+    if not result.ok:
+        status, code = (
+            (409, "not_connected") if "not connected" in result.detail else (409, "not_quarantined")
+        )
+        raise ApiError(status, code, result.detail)
+    return json_response(
+        {"command": command, "action": body.action, "delivered": True, "detail": result.detail}, 202
+    )
 
 
 @router.post("/v1/events")

@@ -21,7 +21,10 @@ from clawtrace.bus import open_bus
 from clawtrace.console import STATIC_DIR as CONSOLE_STATIC
 from clawtrace.console import router as console_router
 from clawtrace.gateway.agent_socket import AgentConnection
+from clawtrace.gateway.alerting import build_alert_engine
+from clawtrace.gateway.alerts_api import router as alerts_router
 from clawtrace.gateway.api import json_response, router
+from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.live import LiveHub
 from clawtrace.gateway.metrics_api import router as metrics_router
 from clawtrace.gateway.pipeline import Pipeline
@@ -74,6 +77,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
         if settings.metrics_enabled:
             await metrics.start(bus, persist_rollups)
+        commands = CommandService(pipeline, writer)
+        commands.load()
+        pipeline.welcome_listeners.append(commands.on_welcome)
+        alerts = None
+        if settings.alerts.enabled and settings.metrics_enabled:
+            alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)
+            await alerts.start()
         collector = FleetCollector(
             metrics,
             lambda: IngestCounters(
@@ -86,6 +96,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             per_agent=settings.metrics_per_agent,
         )
         app.state.metrics = metrics
+        app.state.commands = commands
+        app.state.alerts = alerts
         app.state.prometheus_collector = collector
         app.state.prometheus_registry = registry_for(collector)
         app.state.settings = settings
@@ -102,6 +114,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention
+            if alerts is not None:
+                await alerts.close()
             await metrics.close()
             # Minutes still open are persisted as they stand (a restart must not lose them).
             rows = metrics.flush_all()
@@ -123,6 +137,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(metrics_router)
+    app.include_router(alerts_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 

@@ -35,7 +35,7 @@ async def current_fleet(
     pipeline = request.app.state.pipeline
     now = stage.clock()
     connected = {agent for agent, state in pipeline.agents.items() if state.link is not None}
-    rows, windows = fleet_rows(stage, records, connected, now)
+    rows, windows = fleet_rows(stage, records, connected, now, request.app.state.commands.quarantined)
     return rows, windows, now
 
 

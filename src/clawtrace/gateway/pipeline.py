@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -83,8 +83,11 @@ class Pipeline:
         self.stats = PipelineStats()
         self._locks: dict[str, asyncio.Lock] = {}
         self._fanout: set[asyncio.Task[None]] = set()
-        # Called with the new AgentInfo whenever an agent (re)connects.
+        # Called with the new AgentInfo whenever an agent (re)connects, ...
         self.attach_listeners: list[Callable[[AgentInfo], None]] = []
+        # ... once it has its welcome (commands may follow), and when it disconnects.
+        self.welcome_listeners: list[Callable[[AgentInfo], Awaitable[None]]] = []
+        self.detach_listeners: list[Callable[[str], None]] = []
 
     def _lock(self, agent: str) -> asyncio.Lock:
         lock = self._locks.get(agent)
@@ -123,7 +126,15 @@ class Pipeline:
             return  # replaced by a newer connection, which owns the registry row now
         state.link = None
         agent = state.info.agent
+        for listener in self.detach_listeners:
+            listener(agent)
         await self.writer.call(lambda store: store.mark_disconnected(agent, time.time()))
+
+    def welcomed(self, info: AgentInfo) -> None:
+        for listener in self.welcome_listeners:
+            task = asyncio.ensure_future(listener(info))
+            self._fanout.add(task)
+            task.add_done_callback(self._fanout.discard)
 
     async def agent_for_post(self, agent: str, env: str) -> AgentState:
         """The state of an agent that posts over HTTP instead of holding a socket."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from clawtrace.alerts.settings import AlertSettings
 from clawtrace.metrics.prices import ModelPrice
 
 
@@ -55,10 +56,23 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics_per_agent: bool = False
     # /metrics wants a viewer credential unless this is false.
     metrics_auth: bool = True
+    # The address people reach the gateway at (links in notifications);
+    # default http://HOST:PORT.
+    public_url: str | None = None
+    # Alert rules, notifications and remediation (docs/alerts.md).
+    alerts: AlertSettings = AlertSettings()
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def external_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def rules_path(self) -> Path:
+        return Path(self.alerts.rules_dir) if self.alerts.rules_dir else self.data_path / "alerts"
 
     def retention_for(self, env: str) -> float:
         env_settings = self.environments.get(env)

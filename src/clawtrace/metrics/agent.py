@@ -86,9 +86,11 @@ class AgentMetrics:
         "consecutive_failures",
         "cpu_percent",
         "expired_calls",
+        "failure_peak",
         "flush_due",
         "last_event",
         "last_heartbeat",
+        "lifecycle",
         "llm_since_thought",
         "pending_calls",
         "restarts_total",
@@ -118,6 +120,11 @@ class AgentMetrics:
         # Results that came before their call (out of order): that call is not pending.
         self.answered_calls: dict[str, None] = {}
         self.consecutive_failures = 0
+        # The highest consecutive_failures since the alert engine last looked:
+        # a success later in the same frame must not hide a loop.
+        self.failure_peak = 0
+        # The last lifecycle state the node agent reported ("started", "stopped", ...).
+        self.lifecycle: str | None = None
         self.last_heartbeat: float | None = None
         self.last_event: float | None = None
         self.cpu_percent: float | None = None
@@ -211,11 +218,21 @@ class AgentMetrics:
                 self.consecutive_failures = 0
             else:
                 target.tool_failed += 1
-                self.consecutive_failures += 1
-        elif isinstance(event, MLifecycle) and event.state == "restarting":
-            bucket.restarts += 1
-            self.restarts_total += 1
+                self._failed()
+        elif isinstance(event, MLifecycle):
+            self.lifecycle = event.state
+            if event.state == "restarting":
+                bucket.restarts += 1
+                self.restarts_total += 1
+            elif event.state == "started":
+                # A new process starts a new chain of reasoning.
+                self.consecutive_failures = self.failure_peak = 0
         return 0.0
+
+    def _failed(self) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures > self.failure_peak:
+            self.failure_peak = self.consecutive_failures
 
     def expire_calls(self, received_before: float, minute: int | None = None) -> int:
         """Tool calls with no result in time count as failed; returns how many.
@@ -226,7 +243,7 @@ class AgentMetrics:
         for call_id in expired:
             call = self.pending_calls.pop(call_id)
             self._bucket(call.minute if minute is None else minute).tool_timeouts += 1
-            self.consecutive_failures += 1
+            self._failed()
             self.expired_calls[call_id] = None
             self.version += 1
         while len(self.expired_calls) > 1_000:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -118,6 +118,7 @@ def fleet_rows(
     records: Iterable[AgentRecord],
     connected: set[str],
     now: float,
+    quarantined: Collection[str] = (),
 ) -> tuple[list[FleetRow], list[Bucket]]:
     """A row per agent, and each agent's window bucket (for totals)."""
     first_minute, seconds = window_seconds(now, stage.settings.window_seconds)
@@ -133,7 +134,7 @@ def fleet_rows(
             window, cost_hour, restarts_hour = metrics.live(first_minute, hour_start, current_minute)
         numbers = window_numbers(window, seconds)
         is_connected = record.agent in connected
-        status, heartbeat_age = status_of(record, metrics, numbers, now)
+        status, heartbeat_age = status_of(record, metrics, numbers, now, record.agent in quarantined)
         windows.append(window)
         rows.append(
             FleetRow(

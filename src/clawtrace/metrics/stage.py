@@ -32,6 +32,8 @@ _decoder = msgspec.json.Decoder(list[AnyMetricEvent])
 RollupRow = tuple[str, int, bytes]  # (scope, minute, bucket row as JSON)
 AgentDirectory = Callable[[str], AgentInfo | None]
 RollupSink = Callable[[list[RollupRow]], "asyncio.Future[None]"]
+# Called after each batch of an agent's events is counted (the alert engine).
+ObserveListener = Callable[[str, AgentMetrics], None]
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class MetricsStage:
         self.events_observed = 0
         self.decode_errors = 0
         self._last_closed: int | None = None
+        self.listeners: list[ObserveListener] = []
         self._subscription: Subscription | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -123,6 +126,11 @@ class MetricsStage:
         for event in events:
             counters.observe(event, metrics.observe(event, received, prices))
             self.events_observed += 1
+        for listener in self.listeners:
+            try:
+                listener(agent, metrics)
+            except Exception:
+                log.exception("a metrics listener failed on events of %s", agent)
 
     def refresh_agent(self, agent: str) -> None:
         """Re-read an agent's env/region/labels (after a new hello)."""

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -64,6 +65,10 @@ MAX_FIELD_CHARS: Final = 64 * 1024
 MAX_EVENT_BYTES: Final = 900 * 1024
 PREVIEW_CHARS: Final = 4096
 CHILD_FILE: Final = "child.json"
+QUARANTINE_FILE: Final = "quarantine.json"
+# A child in these states is alive but hung: the node agent stops vouching
+# for it with heartbeats, so that DeadNode fires and a restart can follow.
+_HUNG_STATES: Final = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE})
 
 E = TypeVar("E", bound=Envelope)
 
@@ -95,6 +100,13 @@ class NodeConfig:
 
 class GatewayRefused(Exception):
     """The gateway refused this node agent's credential; retrying will not help."""
+
+
+def _hung(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() in _HUNG_STATES
+    except psutil.Error:
+        return False
 
 
 class _Usage:
@@ -181,6 +193,9 @@ class NodeAgent:
         self._usage = _Usage()
         self._echo = config.echo
         self._seen_commands: deque[str] = deque(maxlen=256)
+        # Set by a quarantine command, kept across restarts of the node agent
+        # until released: {"since": ..., "reason": ...}.
+        self.quarantine: dict[str, Any] | None = self._load_quarantine()
         self.sdk_rejected = 0
         self.events_dropped = 0
         self._draining = False
@@ -337,6 +352,9 @@ class NodeAgent:
         self._seen_commands.append(command.id)
         supervisor = self.supervisor
         why = f"{command.action} command {command.id}" + (f": {command.reason}" if command.reason else "")
+        if command.action in ("quarantine", "release"):
+            self._set_quarantine(command.action == "quarantine", why)
+            return
         if supervisor is None:
             return
         if command.action == "restart":
@@ -348,6 +366,31 @@ class NodeAgent:
         else:
             log.warning("ignoring %s: this node agent does not support %r commands yet", why, command.action)
 
+    def _load_quarantine(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads((self.config.spool_dir / QUARANTINE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _set_quarantine(self, on: bool, why: str) -> None:
+        """Record the quarantine (tool policy deny-all, enforced by the policy engine)."""
+        path = self.config.spool_dir / QUARANTINE_FILE
+        if on == (self.quarantine is not None):
+            return  # told again on reconnect: nothing changes
+        if on:
+            log.warning("agent quarantined (%s): its tool calls are to be denied until released", why)
+            self.quarantine = {"since": time.time(), "reason": why}
+            with contextlib.suppress(OSError):
+                path.write_text(json.dumps(self.quarantine))
+            self.emit([self._stamp(Lifecycle, state="quarantined", reason=why)])
+        else:
+            log.warning("quarantine released (%s)", why)
+            self.quarantine = None
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self.emit([self._stamp(Lifecycle, state="released", reason=why)])
+
     # --- loops ----------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
@@ -355,6 +398,9 @@ class NodeAgent:
         while True:
             await asyncio.sleep(interval)
             pid = self.supervisor.pid if self.supervisor is not None else None
+            if pid is not None and _hung(pid):
+                log.warning("agent process %d is stopped or a zombie: no heartbeat", pid)
+                continue
             usage = self._usage.sample(pid) if pid is not None else None
             if usage is None:
                 self.emit([self._stamp(Heartbeat)])

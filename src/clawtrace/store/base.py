@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from clawtrace.alerts.model import Alert, AuditEntry, Silence, Transition
+
 # (agent, seq, session, kind, ts, received, data): the hot-path row shape.
 EventRow = tuple[str, int, str, str, float, float, bytes]
 
@@ -28,6 +30,14 @@ class AgentRecord(msgspec.Struct, kw_only=True):
     last_seq: int
     cpu_percent: float | None
     rss_bytes: int | None
+
+
+class QuarantineRecord(msgspec.Struct, kw_only=True):
+    agent: str
+    env: str
+    since: float
+    reason: str
+    actor: str
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -250,6 +260,63 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def revoke_token(self, token_id: str, now: float) -> bool: ...
+
+    # --- alerts and remediation ------------------------------------------
+    @abc.abstractmethod
+    def save_alerts(self, alerts: Sequence[Alert], forget: Sequence[tuple[str, str]] = ()) -> None:
+        """Upsert live alerts and delete those (rule, agent) pairs that went inactive."""
+
+    @abc.abstractmethod
+    def load_alerts(self) -> list[Alert]: ...
+
+    @abc.abstractmethod
+    def add_transitions(self, transitions: Sequence[Transition]) -> None: ...
+
+    @abc.abstractmethod
+    def query_transitions(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        rule: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+    ) -> list[Transition]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def add_silence(self, silence: Silence) -> None: ...
+
+    @abc.abstractmethod
+    def expire_silence(self, silence_id: str, actor: str, now: float) -> Silence | None:
+        """End a silence now; None if there is no such silence."""
+
+    @abc.abstractmethod
+    def list_silences(self, active_at: float | None = None) -> list[Silence]:
+        """All silences, or those active at ``active_at``."""
+
+    @abc.abstractmethod
+    def add_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    @abc.abstractmethod
+    def query_audit(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+    ) -> list[AuditEntry]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def set_quarantine(self, record: QuarantineRecord) -> None: ...
+
+    @abc.abstractmethod
+    def clear_quarantine(self, agent: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_quarantines(self) -> list[QuarantineRecord]: ...
 
 
 def labels_json(labels: dict[str, str]) -> str:

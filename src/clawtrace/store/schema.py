@@ -82,3 +82,74 @@ rollups = sa.Table(
     sa.Index("ix_rollups_scope_minute", "scope", "minute"),
     sa.Index("ix_rollups_minute", "minute"),
 )
+
+# --- alerts and remediation (clawtrace.alerts) ---------------------------
+
+alert_state = sa.Table(
+    "alert_state",
+    metadata,
+    # The engine's live alerts (pending, firing, recently resolved), so that
+    # a restart neither forgets a firing alert nor notifies it again.
+    sa.Column("rule", sa.Text, primary_key=True),
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+alert_history = sa.Table(
+    "alert_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("agent", sa.Text, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("threshold", sa.Float, nullable=True),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_alert_history_ts", "ts"),
+    sa.Index("ix_alert_history_agent", "agent", "ts"),
+)
+
+silences = sa.Table(
+    "silences",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("env", sa.Text, nullable=True),
+    sa.Column("starts", sa.Float, nullable=False),
+    sa.Column("ends", sa.Float, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("expired_by", sa.Text, nullable=True),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
+    sa.Index("ix_audit_ts", "ts"),
+    sa.Index("ix_audit_target", "target", "ts"),
+)
+
+quarantines = sa.Table(
+    "quarantines",
+    metadata,
+    sa.Column("agent", sa.Text, primary_key=True),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+)

@@ -26,6 +26,7 @@ from clawtrace.store.base import (
     labels_from_json,
     labels_json,
 )
+from clawtrace.store.control import CoreControlTables
 from clawtrace.store.migrate import upgrade_to_head
 
 _PRAGMAS = (
@@ -84,7 +85,7 @@ def _token_from_row(row: Any) -> TokenRecord:
     )
 
 
-class SQLiteStore(Store):
+class SQLiteStore(CoreControlTables, Store):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"

@@ -1,0 +1,1 @@
+"""Threshold alerts and automated remediation (docs/alerts.md)."""

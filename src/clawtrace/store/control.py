@@ -1,0 +1,194 @@
+"""Control-plane tables (alerts, silences, audit, quarantines) through SQLAlchemy Core.
+
+Written once for every backend: these tables see a few writes per second
+at most, so portability matters more than the last microsecond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from clawtrace.alerts.model import Alert, AuditEntry, Silence, Transition
+from clawtrace.store import schema
+from clawtrace.store.base import QuarantineRecord
+
+_alert_decoder = msgspec.json.Decoder(Alert)
+
+
+class CoreControlTables:
+    """Mixin for a Store with a SQLAlchemy ``engine``."""
+
+    engine: sa.Engine
+
+    def save_alerts(self, alerts: Sequence[Alert], forget: Sequence[tuple[str, str]] = ()) -> None:
+        table = schema.alert_state
+        with self.engine.begin() as c:
+            for rule, agent in forget:
+                c.execute(table.delete().where(table.c.rule == rule, table.c.agent == agent))
+            for alert in alerts:
+                c.execute(table.delete().where(table.c.rule == alert.rule, table.c.agent == alert.agent))
+            if alerts:
+                c.execute(
+                    table.insert(),
+                    [
+                        {
+                            "rule": a.rule,
+                            "agent": a.agent,
+                            "env": a.env,
+                            "state": a.state,
+                            "data": msgspec.json.encode(a),
+                        }
+                        for a in alerts
+                    ],
+                )
+
+    def load_alerts(self) -> list[Alert]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(schema.alert_state.c.data)).all()
+        return [_alert_decoder.decode(row.data) for row in rows]
+
+    def add_transitions(self, transitions: Sequence[Transition]) -> None:
+        if not transitions:
+            return
+        with self.engine.begin() as c:
+            c.execute(schema.alert_history.insert(), [msgspec.structs.asdict(t) for t in transitions])
+
+    def query_transitions(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        rule: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+    ) -> list[Transition]:
+        table = schema.alert_history
+        query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+        if envs is not None:
+            query = query.where(table.c.env.in_(list(envs)))
+        if rule is not None:
+            query = query.where(table.c.rule == rule)
+        if agent is not None:
+            query = query.where(table.c.agent == agent)
+        if since is not None:
+            query = query.where(table.c.ts >= since)
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        return [
+            Transition(
+                ts=r.ts,
+                rule=r.rule,
+                agent=r.agent,
+                env=r.env,
+                from_state=r.from_state,
+                to_state=r.to_state,
+                value=r.value,
+                threshold=r.threshold,
+                fingerprint=r.fingerprint,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+    def add_silence(self, silence: Silence) -> None:
+        with self.engine.begin() as c:
+            c.execute(schema.silences.insert().values(**msgspec.structs.asdict(silence)))
+
+    def expire_silence(self, silence_id: str, actor: str, now: float) -> Silence | None:
+        table = schema.silences
+        with self.engine.begin() as c:
+            row = c.execute(sa.select(table).where(table.c.id == silence_id)).first()
+            if row is None:
+                return None
+            silence = _silence(row)
+            if silence.expired_by is None and silence.ends > now:
+                c.execute(table.update().where(table.c.id == silence_id).values(ends=now, expired_by=actor))
+                silence = msgspec.structs.replace(silence, ends=now, expired_by=actor)
+        return silence
+
+    def list_silences(self, active_at: float | None = None) -> list[Silence]:
+        table = schema.silences
+        query = sa.select(table).order_by(table.c.starts.desc())
+        if active_at is not None:
+            query = query.where(table.c.starts <= active_at, table.c.ends > active_at)
+        with self.engine.connect() as c:
+            return [_silence(row) for row in c.execute(query).all()]
+
+    def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+        rows = []
+        for entry in entries:
+            row = msgspec.structs.asdict(entry)
+            row["detail"] = msgspec.json.encode(entry.detail).decode()
+            rows.append(row)
+        with self.engine.begin() as c:
+            c.execute(schema.audit.insert(), rows)
+
+    def query_audit(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+    ) -> list[AuditEntry]:
+        table = schema.audit
+        query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+        if envs is not None:
+            query = query.where(table.c.env.in_(list(envs)))
+        if target is not None:
+            query = query.where(table.c.target == target)
+        if since is not None:
+            query = query.where(table.c.ts >= since)
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        return [
+            AuditEntry(
+                ts=r.ts,
+                env=r.env,
+                actor=r.actor,
+                action=r.action,
+                target=r.target,
+                reason=r.reason,
+                result=r.result,
+                detail=msgspec.json.decode(r.detail),
+            )
+            for r in rows
+        ]
+
+    def set_quarantine(self, record: QuarantineRecord) -> None:
+        table = schema.quarantines
+        with self.engine.begin() as c:
+            c.execute(table.delete().where(table.c.agent == record.agent))
+            c.execute(table.insert().values(**msgspec.structs.asdict(record)))
+
+    def clear_quarantine(self, agent: str) -> bool:
+        table = schema.quarantines
+        with self.engine.begin() as c:
+            return bool(c.execute(table.delete().where(table.c.agent == agent)).rowcount)
+
+    def list_quarantines(self) -> list[QuarantineRecord]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(schema.quarantines)).all()
+        return [
+            QuarantineRecord(agent=r.agent, env=r.env, since=r.since, reason=r.reason, actor=r.actor)
+            for r in rows
+        ]
+
+
+def _silence(row: Any) -> Silence:
+    return Silence(
+        id=row.id,
+        target=row.target,
+        env=row.env,
+        starts=row.starts,
+        ends=row.ends,
+        created_by=row.created_by,
+        reason=row.reason,
+        expired_by=row.expired_by,
+    )
