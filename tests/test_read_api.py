@@ -576,8 +576,7 @@ async def test_commands_reach_the_connected_agent(gw: GatewayProcess) -> None:
     assert response.status_code == 202, response.text
     received = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
     assert (received["action"], received["reason"]) == ("quarantine", "rm -rf attempts")
-    fleet = httpx.get(f"{gw.http_url}/api/v1/fleet", params={"status": "quarantined"},
-                      headers={"Authorization": f"Bearer {operator}"}, timeout=WAIT).json()
+    fleet = (await asyncio.to_thread(gw.get, "/api/v1/fleet", operator, status="quarantined")).json()
     assert [row["agent"] for row in fleet["agents"]] == ["cmd-1"]
     response = await asyncio.to_thread(post, {"action": "release"})
     assert response.status_code == 202, response.text

@@ -84,6 +84,7 @@ class AlertEngine:
                 last_heartbeat=record.last_heartbeat,
                 alive_at=record.last_event or record.last_connect or record.first_seen,
                 connected=False,
+                lifecycle=record.lifecycle,
             )
         now = self.clock()
         for silence in silences:
@@ -225,9 +226,10 @@ class AlertEngine:
             return
         if alert is None or alert.state in ("inactive", "resolved"):
             return
-        alert.value = value
+        # The alert keeps the value (and annotations) of its last breach; the
+        # history row records what cleared it.
         if alert.state == "pending":
-            self._transition(alert, "inactive", now, rule, detail)
+            self._transition(alert, "inactive", now, rule, detail, value)
             del self.alerts[key]
             self._forget.append(key)
             return
@@ -235,8 +237,7 @@ class AlertEngine:
         if now - last_breach < rule.keep_firing_for_seconds:
             return
         alert.resolved_at = now
-        self._render(alert, rule, watched)
-        self._transition(alert, "resolved", now, rule, detail)
+        self._transition(alert, "resolved", now, rule, detail, value)
 
     def _activate(self, rule: Rule, watched: Watched, previous: Alert | None, now: float) -> Alert:
         labels = {**watched.labels, **rule.labels}
@@ -273,7 +274,13 @@ class AlertEngine:
         )
 
     def _transition(
-        self, alert: Alert, to: AlertState, now: float, rule: Rule | None, detail: str = ""
+        self,
+        alert: Alert,
+        to: AlertState,
+        now: float,
+        rule: Rule | None,
+        detail: str = "",
+        value: float | None = None,
     ) -> None:
         before = alert.state
         alert.state = to
@@ -287,7 +294,7 @@ class AlertEngine:
                 env=alert.env,
                 from_state=before,
                 to_state=to,
-                value=alert.value,
+                value=alert.value if value is None else value,
                 threshold=None if rule is None else rule.condition.threshold,
                 fingerprint=alert.fingerprint,
                 detail=detail,

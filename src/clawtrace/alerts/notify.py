@@ -363,7 +363,12 @@ class Notifier:
 
     def _track(self, alert: Alert, now: float) -> None:
         tracked = (alert.rule, alert.agent) in self._where
-        if not tracked and alert.state != "firing" and alert.notified_state != "firing":
+        if (
+            not tracked
+            and alert.state != "firing"
+            and alert.notified_state != "firing"
+            and alert.fired_at is None
+        ):
             # No receiver was ever told it fired, so there is nothing to say about it now.
             return
         self._group_for(alert, now).dirty = True
@@ -439,7 +444,9 @@ class Notifier:
                 firing.append(alert)
                 changed = changed or alert.notified_state != "firing"
                 unacknowledged = unacknowledged or alert.acknowledged_by is None
-            elif alert.notified_state == "firing" and receiver.send_resolved:
+            elif alert.notified_state in ("firing", None) and receiver.send_resolved:
+                # Resolved before anyone heard it fire (its remediation worked within
+                # group_wait): still said once, so nobody misses that it happened.
                 resolved.append(alert)
                 changed = True
         last = group.sent_at.get(receiver.name)

@@ -83,6 +83,24 @@ class Remediator:
             spent.popleft()
         return spent
 
+    def restore(self, entries: Sequence[AuditEntry]) -> None:
+        """Rebuild budgets and backoff from the audit log after a restart (oldest first),
+        so that restarting the gateway does not hand out a fresh budget."""
+        now = self.clock()
+        horizon = now - max(self.settings.budget_window_seconds, self.settings.give_up_window_seconds)
+        for entry in entries:
+            by_alert = entry.actor.startswith("alert:")
+            if entry.ts < horizon or not by_alert or entry.result not in ("ok", "failed"):
+                continue
+            if entry.action in DISRUPTIVE:
+                self._spent.setdefault(entry.env, collections.deque()).append(entry.ts)
+                state = self._state(entry.target)
+                state.troubled = True
+                state.next_allowed = max(state.next_allowed, entry.ts + state.delay)
+                state.delay = min(state.delay * 2, self.settings.backoff_max_seconds)
+                if entry.action == "restart":
+                    state.restarts.append(entry.ts)
+
     def healthy(self, agent: str, now: float) -> None:
         """The agent has no firing alert with actions any more."""
         state = self._agents.get(agent)

@@ -25,6 +25,8 @@ class Watched:
     last_heartbeat: float | None = None
     alive_at: float = 0.0
     connected: bool = False
+    # The last lifecycle state on record when the engine started.
+    lifecycle: str | None = None
 
 
 class AgentSample:
@@ -95,7 +97,8 @@ class AgentSample:
 
     def _heartbeat_age(self) -> Reading:
         watched, m = self.watched, self.metrics
-        if m is not None and m.lifecycle == "stopped" and not watched.connected:
+        lifecycle = m.lifecycle if m is not None and m.lifecycle is not None else watched.lifecycle
+        if lifecycle == "stopped" and not watched.connected:
             # Stopped on purpose (by a command or its node agent's shutdown): not dead.
             return None, 0
         last = watched.last_heartbeat

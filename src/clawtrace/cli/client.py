@@ -1,4 +1,4 @@
-"""Small HTTP helpers for the CLI commands that read from a gateway."""
+"""Small HTTP helpers for the CLI commands that talk to a gateway."""
 
 from __future__ import annotations
 
@@ -10,6 +10,24 @@ import httpx
 
 from clawtrace.protocol.client import http_base
 
+# What to do about a refusal, where the gateway's own message cannot know
+# how the credential was given.
+_HINTS = {
+    401: "check --token / CLAWTRACE_TOKEN",
+    403: "give a credential with that role with --token / CLAWTRACE_TOKEN",
+}
+
+
+class GatewayError(click.ClickException):
+    """The gateway answered with an error; ``code`` is its machine-readable kind."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        hint = _HINTS.get(status)
+        super().__init__(f"{status}: {message}" + (f" ({hint})" if hint else ""))
+        self.status = status
+        self.code = code
+        self.detail = message
+
 
 class GatewayClient:
     def __init__(self, gateway: str, token: str) -> None:
@@ -20,18 +38,38 @@ class GatewayClient:
         )
 
     def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params)
+
+    def post(self, path: str, body: Any = None, **params: Any) -> Any:
+        """POST ``body`` as JSON (no body when None)."""
+        return self.request("POST", path, params, json=body)
+
+    def put(self, path: str, content: bytes | str, content_type: str, **params: Any) -> Any:
+        return self.request("PUT", path, params, content=content, headers={"Content-Type": content_type})
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params)
+
+    def request(self, method: str, path: str, params: dict[str, Any], **kwargs: Any) -> Any:
+        """The decoded JSON answer; a GatewayError (a ClickException) for an error answer,
+        a ClickException when the gateway cannot be reached."""
         try:
-            response = self.http.get(path, params={k: v for k, v in params.items() if v is not None})
+            response = self.http.request(
+                method, path, params={k: v for k, v in params.items() if v is not None}, **kwargs
+            )
         except httpx.HTTPError as exc:
             raise click.ClickException(
-                f"cannot reach the gateway at {self.base} ({exc}); is `clawtrace up` running? (--gateway)"
+                f"cannot reach the gateway at {self.base} ({exc or type(exc).__name__});"
+                " is `clawtrace up` running? (--gateway)"
             ) from None
         if response.status_code >= 400:
+            code = "http_error"
             try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text
-            raise click.ClickException(f"{response.status_code}: {message}")
+                error = response.json()["error"]
+                code, message = str(error.get("code", code)), str(error["message"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                message = response.text.strip() or response.reason_phrase
+            raise GatewayError(response.status_code, code, message)
         return response.json()
 
     def live_url(self, **params: str | None) -> str:

@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "simulate": "clawtrace.cli.simulate:simulate",
     "top": "clawtrace.cli.top:top",
     "stats": "clawtrace.cli.stats:stats",
+    "alerts": "clawtrace.cli.alerts:alerts",
+    "audit": "clawtrace.cli.alerts:audit",
+    "agent": "clawtrace.cli.agent:agent",
 }
 
 
@@ -57,6 +60,9 @@ def cli() -> None:
       clawtrace replay AGENT          step through one run's reasoning
       clawtrace top                   live fleet table: cost, failures, latency, heartbeats
       clawtrace stats AGENT           one agent's numbers and a chart of the last hour
+      clawtrace alerts                what is firing now (history, ack, silence, rules: --help)
+      clawtrace agent quarantine A    restart, stop, quarantine or release an agent
+      clawtrace audit                 who restarted, quarantined or silenced what, and why
     """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from clawtrace.alerts.drivers import container_driver
 from clawtrace.alerts.drivers.base import RemediationDriver
@@ -60,6 +61,8 @@ def build_alert_engine(
     engine = AlertEngine(rulebook, metrics, notifier, remediator, alert_settings, save)
     engine_ref.append(engine)
     engine.restore(store.load_alerts(), store.list_silences(), store.list_agents())
+    window = max(alert_settings.budget_window_seconds, alert_settings.give_up_window_seconds)
+    remediator.restore(list(reversed(store.query_audit(since=time.time() - window, limit=100_000))))
     for env in sorted({w.env for w in engine.watched.values()}):
         rulebook.rules(env)
     pipeline.attach_listeners.append(engine.watch)

@@ -25,6 +25,7 @@ from clawtrace.protocol import (
     ErrorCode,
     Event,
     Heartbeat,
+    Lifecycle,
     Log,
     Thought,
     ToolCall,
@@ -228,6 +229,7 @@ class Pipeline:
             batch.add(
                 (agent, seq, event.session, _KIND_OF[type(event)], event.ts.timestamp(), received, data),
                 heartbeat=heartbeat,
+                lifecycle=event.state if isinstance(event, Lifecycle) else None,
             )
         self.stats.duplicates += duplicates
         self.stats.rejected += len(errors)

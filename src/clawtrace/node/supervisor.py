@@ -398,6 +398,10 @@ class Supervisor:
         if proc is None:
             return
         self._signal_group(signum)
+        # A stopped (SIGSTOP, hung in a debugger) child would only see the
+        # signal once continued; as systemd does, continue it.
+        if signum != signal.SIGCONT:
+            self._signal_group(signal.SIGCONT)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), self.stop_timeout)
         except TimeoutError:

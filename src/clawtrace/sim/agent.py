@@ -188,6 +188,16 @@ class SimAgent:
             self.behaviour.quarantined = False
         return []
 
+    def shutdown(self, wall: datetime) -> list[Event]:
+        """The simulation ends: a running agent stops as under a node agent's SIGTERM.
+
+        A dead (hung) agent says nothing: it stays dead for the control plane."""
+        if not self.started or self.dead or self.dropped or self.stopped:
+            return []
+        self.stopped = True
+        stopped = {"state": "stopped", "exit_code": -15, "reason": "simulation ended"}
+        return [self._emit(Lifecycle, stopped, wall)]
+
     # --- internals -----------------------------------------------------------
 
     def _restart(self, now: float, wall: datetime, reason: str) -> list[Event]:

@@ -284,6 +284,10 @@ class Fleet:
             for task in drivers:
                 task.cancel()
             await asyncio.gather(*drivers, return_exceptions=True)
+            wall = datetime.now(UTC)
+            for slot in self.slots:
+                if slot.agent is not None and slot.client is not None:
+                    self._push(slot, slot.agent.shutdown(wall))
             await self._drain()
             self._ended = time.monotonic()
         return self.snapshot(per_agent=True)

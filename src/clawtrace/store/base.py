@@ -30,6 +30,7 @@ class AgentRecord(msgspec.Struct, kw_only=True):
     last_seq: int
     cpu_percent: float | None
     rss_bytes: int | None
+    lifecycle: str | None = None
 
 
 class QuarantineRecord(msgspec.Struct, kw_only=True):
@@ -68,6 +69,7 @@ class AgentProgress:
     last_heartbeat: float | None = None
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    lifecycle: str | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class WriteBatch:
         row: EventRow,
         *,
         heartbeat: tuple[float | None, int | None] | None = None,
+        lifecycle: str | None = None,
     ) -> None:
         agent, seq, session, _kind, ts, received, _data = row
         self.rows.append(row)
@@ -109,6 +112,8 @@ class WriteBatch:
         if heartbeat is not None:
             progress.last_heartbeat = received
             progress.cpu_percent, progress.rss_bytes = heartbeat
+        if lifecycle is not None:
+            progress.lifecycle = lifecycle
         key = (agent, session)
         sess = self.sessions.get(key)
         if sess is None:
@@ -132,6 +137,8 @@ class WriteBatch:
             if theirs.last_heartbeat is not None:
                 mine.last_heartbeat = theirs.last_heartbeat
                 mine.cpu_percent, mine.rss_bytes = theirs.cpu_percent, theirs.rss_bytes
+            if theirs.lifecycle is not None:
+                mine.lifecycle = theirs.lifecycle
         for key, theirs_s in other.sessions.items():
             mine_s = self.sessions.get(key)
             if mine_s is None:

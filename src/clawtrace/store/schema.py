@@ -42,6 +42,8 @@ agents = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cpu_percent", sa.Float, nullable=True),
     sa.Column("rss_bytes", sa.BigInteger, nullable=True),
+    # The last lifecycle state its node agent reported ("started", "stopped", ...).
+    sa.Column("lifecycle", sa.Text, nullable=True),
     sa.Index("ix_agents_env", "env"),
 )
 

@@ -51,7 +51,8 @@ UPDATE agents SET
   last_event = max(coalesce(last_event, 0), ?),
   last_heartbeat = coalesce(?, last_heartbeat),
   cpu_percent = CASE WHEN ? THEN ? ELSE cpu_percent END,
-  rss_bytes = CASE WHEN ? THEN ? ELSE rss_bytes END
+  rss_bytes = CASE WHEN ? THEN ? ELSE rss_bytes END,
+  lifecycle = coalesce(?, lifecycle)
 WHERE agent = ?
 """
 _UPSERT_SESSION = """
@@ -68,7 +69,7 @@ ON CONFLICT (agent, session) DO UPDATE SET
 
 _AGENT_COLUMNS = (
     "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
-    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes"
+    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle"
 )
 
 
@@ -171,6 +172,7 @@ class SQLiteStore(CoreControlTables, Store):
                     p.cpu_percent,
                     has_hb,
                     p.rss_bytes,
+                    p.lifecycle,
                     agent,
                 )
             )
@@ -265,6 +267,7 @@ class SQLiteStore(CoreControlTables, Store):
                 last_seq=last_seq,
                 cpu_percent=cpu_percent,
                 rss_bytes=rss_bytes,
+                lifecycle=lifecycle,
             )
             for (
                 agent,
@@ -281,6 +284,7 @@ class SQLiteStore(CoreControlTables, Store):
                 last_seq,
                 cpu_percent,
                 rss_bytes,
+                lifecycle,
             ) in self._reader().execute(sql, params)
         ]
 

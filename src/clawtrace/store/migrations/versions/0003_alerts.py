@@ -1,4 +1,4 @@
-"""Alert state and history, silences, the audit log and quarantines.
+"""Alert state and history, silences, the audit log, quarantines, agents.lifecycle.
 
 Revision ID: 0003
 Revises: 0002
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # An agent stopped on purpose is not a dead node, also after a gateway restart.
+    op.add_column("agents", sa.Column("lifecycle", sa.Text, nullable=True))
     op.create_table(
         "alert_state",
         sa.Column("rule", sa.Text, primary_key=True),
@@ -76,3 +78,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("quarantines", "audit", "silences", "alert_history", "alert_state"):
         op.drop_table(table)
+    with op.batch_alter_table("agents") as batch:
+        batch.drop_column("lifecycle")

@@ -1,0 +1,82 @@
+"""``clawtrace agent restart|stop|quarantine|release AGENT``: act on one agent
+through the gateway, as an alert's remediation would (and audited the same way)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import click
+
+from clawtrace.cli.client import GatewayClient, GatewayError
+from clawtrace.cli.options import gateway_options
+
+ACTIONS: dict[str, tuple[str, str]] = {
+    "restart": (
+        "Restart an agent's process.",
+        "Restart AGENT's process through its node agent (`clawtrace run`); it must be connected.",
+    ),
+    "stop": (
+        "Stop an agent's process.",
+        "Stop AGENT's process through its node agent; it stays stopped until started again"
+        " where it runs. It must be connected.",
+    ),
+    "quarantine": (
+        "Refuse every tool call of an agent until released.",
+        "Quarantine AGENT: its node agent refuses every tool call, while the process keeps"
+        " running for inspection. Recorded at the gateway, so it holds across restarts and"
+        " reaches an offline agent when it reconnects.",
+    ),
+    "release": (
+        "Lift an agent's quarantine.",
+        "Lift AGENT's quarantine: its tool calls are allowed again.",
+    ),
+}
+
+
+@click.group(short_help="Restart, stop, quarantine or release an agent.")
+def agent() -> None:
+    """Act on one agent through the gateway. Every action is recorded in the
+    audit log (`clawtrace audit`) with who asked and why. Needs an operator
+    credential for the agent's environment.
+
+    \b
+      clawtrace agent restart a-0417 --reason "stuck after the deploy"
+      clawtrace agent quarantine a-0417 --reason "deleting files it should not"
+      clawtrace agent release a-0417
+    """
+
+
+def _run(action: str, name: str, reason: str | None, gateway: str, token: str) -> None:
+    client = GatewayClient(gateway, token)
+    try:
+        body = client.post(
+            f"/api/v1/agents/{quote(name, safe='')}/commands", {"action": action, "reason": reason}
+        )
+    except GatewayError as exc:
+        if exc.code == "not_connected":
+            raise click.ClickException(
+                f"{exc.detail} (`clawtrace top` shows which agents are connected)"
+            ) from None
+        if exc.status == 404:
+            raise click.ClickException(f"{exc.detail}; `clawtrace top` lists the agents") from None
+        raise
+    click.echo(f"{action} {name}: {body['detail']}")
+
+
+def _add(action: str) -> None:
+    short_help, help_text = ACTIONS[action]
+
+    @agent.command(action, short_help=short_help, help=help_text + " Needs an operator credential.")
+    @click.argument("name", metavar="AGENT")
+    @click.option(
+        "--reason",
+        default=None,
+        help="Why; kept in the audit log and sent to the node agent. Default: who asked.",
+    )
+    @gateway_options
+    def command(name: str, reason: str | None, gateway: str, token: str) -> None:
+        _run(action, name, reason, gateway, token)
+
+
+for _action in ACTIONS:
+    _add(_action)
