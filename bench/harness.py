@@ -144,6 +144,10 @@ class Load:
     max_in_flight: int
     drain_timeout: float = 120.0
     viewers: int = 0
+    # Simulator fault scenarios ({"loop": 20, "dead": 20}), starting this long after each agent.
+    scenarios: dict[str, int] = field(default_factory=dict)
+    scenario_after: float = 30.0
+    heartbeat_interval: float = 10.0
 
 
 class _LiveEvent(msgspec.Struct):
@@ -244,6 +248,10 @@ async def run_load(
             "start_at": start_at,
             "window_start": window_start,
             "window_end": window_end,
+            # Faults are spread over the workers in proportion to their agents.
+            "scenarios": {k: round(v * count / load.agents) for k, v in load.scenarios.items()},
+            "scenario_after": load.scenario_after,
+            "heartbeat_interval": load.heartbeat_interval,
         }
         first += count
         workers.append(

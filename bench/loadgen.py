@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from clawtrace.sim import Fleet, FleetConfig
+from clawtrace.sim import Fleet, FleetConfig, Scenario
 
 
 def _cpu_seconds() -> float:
@@ -69,6 +69,9 @@ async def main(spec: dict[str, Any]) -> None:
         max_in_flight=spec["max_in_flight"],
         drain_timeout=spec["drain_timeout"],
         ramp=spec["ramp"],
+        scenarios={Scenario(kind): n for kind, n in spec.get("scenarios", {}).items()},
+        scenario_after=spec.get("scenario_after", 30.0),
+        heartbeat_interval=spec.get("heartbeat_interval", 10.0),
     )
     fleet = Fleet(config)
     stop = asyncio.Event()
