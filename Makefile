@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-metrics lint
+.PHONY: demo test bench bench-metrics bench-alerts lint
 
 demo:  ## gateway + console + 50 simulated agents (Ctrl-C stops)
 	scripts/demo.sh
@@ -13,6 +13,10 @@ bench:  ## the ingest benchmark behind the README's figures; see bench/README.md
 bench-metrics:  ## the metrics benchmark (issue 3 targets); see bench/README.md
 	scripts/bootstrap.sh test
 	.venv/bin/python bench/metrics.py
+
+bench-alerts:  ## the alerts benchmark (issue 4 targets); see bench/README.md
+	scripts/bootstrap.sh test
+	.venv/bin/python bench/alerts.py
 
 lint:
 	.venv/bin/ruff check src tests bench

@@ -153,14 +153,14 @@ def detection(gateway: Gateway, token: str) -> dict[str, Any]:
             elif t["rule"] == "ReasoningLoop":
                 events = client.get(
                     f"/api/v1/agents/{t['agent']}/events",
-                    params={"kinds": "tool_result,lifecycle", "limit": 5000},
+                    params={"kind": "tool_result,lifecycle", "limit": 5000},
                 ).json()["events"]
                 run = 0
                 for event in events:
                     if event["kind"] == "lifecycle":
                         run = 0 if event["state"] == "started" else run
                         continue
-                    run = 0 if event["ok"] else run + 1
+                    run = 0 if event.get("ok", True) else run + 1
                     if run == 11:
                         loop_ms.append((t["ts"] - _ts(event["received"])) * 1000)
                         break

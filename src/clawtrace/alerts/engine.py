@@ -1,8 +1,8 @@
 """The rules manager: evaluates every rule for every agent, keeps alert state.
 
 Evaluation runs after each batch of an agent's events (so an 11th failed
-tool call fires at once) and on a 1 s tick for conditions that change with
-time alone (a dead node sends nothing). Each (rule, agent) is one alert:
+tool call fires at once) and on a tick (every 0.5 s by default) for
+conditions that change with time alone (a dead node sends nothing). Each (rule, agent) is one alert:
 inactive -> pending (condition true, waiting ``for``) -> firing -> resolved.
 Transitions are recorded with their values; live alerts are saved so that a
 restart neither forgets a firing alert nor notifies it again.
@@ -115,8 +115,12 @@ class AlertEngine:
 
     async def _tick_loop(self) -> None:
         interval = self.settings.evaluation_interval_seconds
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            # On a fixed grid, so the time an evaluation takes does not stretch the period.
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at + interval, loop.time())
             try:
                 self.tick()
             except Exception:

@@ -44,7 +44,7 @@ class Metric:
     name: str
     description: str
     unit: str
-    # Changes with time alone (a dead node sends nothing), so the 1 s tick
+    # Changes with time alone (a dead node sends nothing), so the evaluation tick
     # must evaluate it; the others change only when events arrive.
     time_based: bool = False
     # What counts as a sample for ``min_samples`` (None: the metric has no count).

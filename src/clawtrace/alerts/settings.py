@@ -50,7 +50,9 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     rules_dir: str | None = None
     # The shipped DeadNode, ReasoningLoop and CostSpike rules, unless a file overrides them.
     default_rules: bool = True
-    evaluation_interval_seconds: float = 1.0
+    # Time-based conditions (a dead node sends nothing) are checked this often;
+    # half a second keeps detection within 1 s of the condition becoming true.
+    evaluation_interval_seconds: float = 0.5
     # Notification grouping, as in Alertmanager.
     group_by: list[str] = msgspec.field(default_factory=lambda: ["alertname", "env"])
     group_wait_seconds: float = 5.0
