@@ -480,3 +480,36 @@ async def test_a_notification_groups_three_hundred_dead_agents_into_one_message(
     dead_node = [n for n in h.receiver.sent if n.group_labels["alertname"] == "DeadNode"]
     assert len(dead_node) == 1
     assert len(dead_node[0].alerts) == 300
+
+
+async def test_a_dead_node_inhibits_its_other_alerts_but_not_other_agents(h: Harness) -> None:
+    h.connect("i-1")
+    h.connect("i-2")
+    h.heartbeat("i-1")
+    h.heartbeat("i-2")
+    # Both agents loop; then i-1 also stops sending heartbeats.
+    h.failures("i-1", 11)
+    h.failures("i-2", 11)
+    h.clock.now += 30
+    h.heartbeat("i-2")
+    h.clock.now += 16
+    h.engine.tick()
+    await h.settle()
+    dead = h.engine.alerts[("DeadNode", "i-1")]
+    assert dead.state == "firing"
+    assert h.engine.alerts[("ReasoningLoop", "i-1")].inhibited_by == dead.fingerprint
+    assert h.engine.alerts[("ReasoningLoop", "i-2")].inhibited_by is None
+    h.clock.now += 120
+    h.heartbeat("i-2")
+    h.engine.tick()
+    await h.settle()
+    sent = [(a.labels["alertname"], a.agent) for n in h.receiver.sent for a in n.alerts if a.status == "firing"]
+    assert ("DeadNode", "i-1") in sent and ("ReasoningLoop", "i-2") in sent
+    # The loop of i-1 was first notified before it died; after that, only its DeadNode.
+    late = [
+        (a.labels["alertname"], a.agent)
+        for n in h.receiver.sent
+        if n.created_at > dead.fired_at - 0.001
+        for a in n.alerts
+    ]
+    assert ("ReasoningLoop", "i-1") not in late

@@ -177,10 +177,11 @@ class AlertEngine:
 
     def tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self._refresh_silences(now)
         agents = self.stage.agents
         for watched in self.watched.values():
             self._evaluate_agent(watched, agents.get(watched.agent), now)
+        # After evaluation, so that what just fired inhibits at once.
+        self._refresh_silences(now)
         self._remediate(now)
         self._forget_resolved(now)
         self.flush()
@@ -308,6 +309,7 @@ class AlertEngine:
             self._dirty[(alert.rule, alert.agent)] = alert
         notify = rule is None or "notify" in rule.actions
         if to == "firing":
+            alert.inhibited_by = self._inhibitor(alert, self._inhibiting_sources())
             log.warning(
                 "alert %s firing for %s (value %s)", alert.rule, alert.agent or alert.env, alert.value
             )
@@ -429,12 +431,34 @@ class AlertEngine:
         for silence_id, silence in list(self.silences.items()):
             if silence.ends <= now:
                 del self.silences[silence_id]
+        sources = self._inhibiting_sources()
         for alert in self.alerts.values():
             silenced_by = self._silence_for(alert, now)
-            if silenced_by != alert.silenced_by:
-                alert.silenced_by = silenced_by
+            inhibited_by = self._inhibitor(alert, sources)
+            if silenced_by != alert.silenced_by or inhibited_by != alert.inhibited_by:
+                alert.silenced_by, alert.inhibited_by = silenced_by, inhibited_by
                 self._dirty[(alert.rule, alert.agent)] = alert
                 self.notifier.update(alert)
+
+    def _inhibiting_sources(self) -> list[list[Alert]]:
+        """Per inhibition rule, the firing alerts that match its source."""
+        return [
+            [
+                a
+                for a in self.alerts.values()
+                if a.state == "firing" and all(a.labels.get(k) == v for k, v in rule.source.items())
+            ]
+            for rule in self.settings.inhibit_rules
+        ]
+
+    def _inhibitor(self, alert: Alert, sources: list[list[Alert]]) -> str | None:
+        for rule, firing in zip(self.settings.inhibit_rules, sources, strict=True):
+            if not firing or not all(alert.labels.get(k) == v for k, v in rule.target.items()):
+                continue
+            for source in firing:
+                if source is not alert and all(source.labels.get(k) == alert.labels.get(k) for k in rule.equal):
+                    return source.fingerprint
+        return None
 
     def add_silence(self, silence: Silence) -> None:
         self.silences[silence.id] = silence

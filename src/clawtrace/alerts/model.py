@@ -216,6 +216,9 @@ class Alert(msgspec.Struct, kw_only=True):
     acknowledged_by: str | None = None
     acknowledged_at: float | None = None
     silenced_by: str | None = None
+    # The fingerprint of a firing alert that mutes this one's notifications
+    # (an inhibition rule: a dead node's other alerts are noise).
+    inhibited_by: str | None = None
     # Remediation actions carried out (or held) while this alert fired.
     actions_taken: int = 0
     last_action: str | None = None

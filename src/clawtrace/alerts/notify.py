@@ -438,7 +438,7 @@ class Notifier:
         changed = False
         unacknowledged = False
         for alert in group.alerts.values():
-            if alert.silenced_by is not None or not receiver.accepts(alert):
+            if alert.silenced_by is not None or alert.inhibited_by is not None or not receiver.accepts(alert):
                 continue
             if alert.state == "firing":
                 firing.append(alert)

@@ -44,6 +44,20 @@ class DriverConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     deployment: str = ""
 
 
+class InhibitRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """While an alert matching ``source`` fires, alerts matching ``target`` with
+    the same values of the ``equal`` labels are not notified (as in Alertmanager)."""
+
+    source: dict[str, str]
+    target: dict[str, str] = {}
+    equal: list[str] = []
+
+
+def _default_inhibitions() -> list[InhibitRule]:
+    # A dead agent also stops succeeding at tools and spending: say it once.
+    return [InhibitRule(source={"alertname": "DeadNode"}, equal=["agent"])]
+
+
 class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     enabled: bool = True
     # One YAML file per environment: <rules_dir>/<env>.yaml (default: <data_dir>/alerts).
@@ -58,6 +72,7 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     group_wait_seconds: float = 5.0
     group_interval_seconds: float = 60.0
     repeat_interval_seconds: float = 4 * 3600.0
+    inhibit_rules: list[InhibitRule] = msgspec.field(default_factory=_default_inhibitions)
     receivers: list[ReceiverConfig] = msgspec.field(
         default_factory=lambda: [ReceiverConfig(name="log", type="log")]
     )
