@@ -503,7 +503,9 @@ async def test_a_dead_node_inhibits_its_other_alerts_but_not_other_agents(h: Har
     h.heartbeat("i-2")
     h.engine.tick()
     await h.settle()
-    sent = [(a.labels["alertname"], a.agent) for n in h.receiver.sent for a in n.alerts if a.status == "firing"]
+    sent = [
+        (a.labels["alertname"], a.agent) for n in h.receiver.sent for a in n.alerts if a.status == "firing"
+    ]
     assert ("DeadNode", "i-1") in sent and ("ReasoningLoop", "i-2") in sent
     # The loop of i-1 was first notified before it died; after that, only its DeadNode.
     late = [

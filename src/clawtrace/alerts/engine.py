@@ -456,7 +456,8 @@ class AlertEngine:
             if not firing or not all(alert.labels.get(k) == v for k, v in rule.target.items()):
                 continue
             for source in firing:
-                if source is not alert and all(source.labels.get(k) == alert.labels.get(k) for k in rule.equal):
+                same = all(source.labels.get(k) == alert.labels.get(k) for k in rule.equal)
+                if source is not alert and same:
                     return source.fingerprint
         return None
 
