@@ -29,7 +29,7 @@ from clawtrace.alerts.rulebook import RuleBook
 from clawtrace.alerts.settings import AlertSettings
 from clawtrace.metrics import MetricsStage, ModelPrice, PriceTable
 from clawtrace.metrics.agent import AnyMetricEvent
-from clawtrace.store import AgentInfo, Store, open_store
+from clawtrace.store import AgentInfo, Store, WriteBatch, open_store
 
 T0 = 1_800_000_000.0
 PRICES = PriceTable({"big-model": ModelPrice(input=100.0, output=100.0)})
@@ -343,7 +343,7 @@ async def test_budget_holds_restarts_at_ten_percent_and_says_so(h: Harness) -> N
     assert all(h.state("DeadNode", a) == "firing" for a in dead)
     # 10 % of 20 agents: two restarts per 10 minutes, the other four held.
     assert len(h.driver.calls) == 2
-    budget = h.engine.alerts[(BUDGET_ALERT, "")]
+    budget = h.engine.alerts[(BUDGET_ALERT, "@staging")]
     assert budget.state == "firing" and budget.env == "staging"
     assert "4 agents" in budget.annotations["summary"]
     held = [e for e in h.store.query_audit(envs=["staging"]) if e.result == "held"]
@@ -515,3 +515,111 @@ async def test_a_dead_node_inhibits_its_other_alerts_but_not_other_agents(h: Har
         for a in n.alerts
     ]
     assert ("ReasoningLoop", "i-1") not in late
+
+
+async def test_disabling_a_rule_resolves_its_firing_alerts(h: Harness, tmp_path: Path) -> None:
+    h.connect("o-1")
+    h.failures("o-1", 11)
+    assert h.state("ReasoningLoop", "o-1") == "firing"
+    disabled = "rules:\n  - name: ReasoningLoop\n    condition: consecutive_failed_tool_calls > 10\n"
+    write_rules(h, tmp_path, disabled + "    enabled: false\n")
+    h.engine.tick()
+    assert h.state("ReasoningLoop", "o-1") == "resolved"
+    [last] = h.store.query_transitions(rule="ReasoningLoop", limit=1)
+    assert last.to_state == "resolved" and "disabled" in last.detail
+
+
+async def test_edited_rule_files_are_picked_up_and_a_broken_edit_is_refused(
+    h: Harness, tmp_path: Path
+) -> None:
+    h.connect("e-1")
+    write_rules(h, tmp_path, "rules:\n  - {name: Few, condition: consecutive_failed_tool_calls > 2}\n")
+    (tmp_path / "rules" / "prod.yaml").write_text(
+        "rules:\n  - {name: Few, condition: consecutive_failed_tool_calls > 4}\n"
+    )
+    h.clock.now += 6  # the engine looks at the files every 5 s
+    h.engine.tick()
+    h.failures("e-1", 3)
+    assert h.state("Few", "e-1") == "inactive"  # the edited threshold is in force
+    (tmp_path / "rules" / "prod.yaml").write_text("rules:\n  - {name: Few, condition: nonsense > 4}\n")
+    h.clock.now += 6
+    h.engine.tick()
+    assert "unknown metric 'nonsense'" in h.engine.rulebook.errors["prod"]
+    h.failures("e-1", 2, start=10)
+    assert h.state("Few", "e-1") == "firing"  # the last valid rules still apply
+
+
+class FailingDriver(KeepingDriver):
+    async def restart(self, target: AgentTarget, reason: str) -> ActionResult:
+        self.calls.append(("restart", target.agent))
+        return ActionResult(False, f"agent {target.agent!r} is not connected; the restart was not sent")
+
+
+async def test_a_restart_that_reaches_nobody_spends_no_budget(store: Store, tmp_path: Path) -> None:
+    h = Harness(store, tmp_path / "rules", Clock())
+    h.driver = FailingDriver()
+    h.engine.remediator.driver = h.driver
+    await h.engine.notifier.start()
+    for i in range(10):  # budget: one restart per 10 minutes
+        h.connect(f"f-{i}", env="qa")
+        h.heartbeat(f"f-{i}")
+    h.clock.now += 20
+    for i in range(1, 10):
+        h.heartbeat(f"f-{i}")
+    h.clock.now += 26
+    h.engine.tick()
+    await h.settle()
+    assert h.driver.calls == [("restart", "f-0")]
+    # The failed attempt did not use up the budget: another dead agent is
+    # restarted at once, and once that fails too, the first is tried again
+    # (its 10 s backoff has passed).
+    h.clock.now += 30
+    for i in range(2, 10):
+        h.heartbeat(f"f-{i}")
+    h.engine.tick()
+    await h.settle()
+    assert h.driver.calls == [("restart", "f-0"), ("restart", "f-1")]
+    h.clock.now += 1
+    h.engine.tick()
+    await h.settle()
+    assert h.driver.calls == [("restart", "f-0"), ("restart", "f-1"), ("restart", "f-0")]
+    results = [e.result for e in h.store.query_audit(envs=["qa"]) if e.action == "restart"]
+    # The first retry of f-0 was held while f-1's attempt was in flight.
+    assert sorted(results) == ["failed", "failed", "failed", "held"]
+    await h.engine.notifier.close()
+
+
+async def test_each_environment_gets_its_own_budget_alert(h: Harness) -> None:
+    for env in ("qa", "uat"):
+        for i in range(4):
+            h.connect(f"{env}-{i}", env=env)
+            h.heartbeat(f"{env}-{i}")
+    h.clock.now += 46
+    h.engine.tick()
+    await h.settle()
+    budget = {a.env: a.state for a in h.engine.alerts.values() if a.rule == BUDGET_ALERT}
+    assert budget == {"qa": "firing", "uat": "firing"}
+    h.engine.flush()
+    assert sorted(a.env for a in h.store.load_alerts() if a.rule == BUDGET_ALERT) == ["qa", "uat"]
+
+
+async def test_after_a_restart_heartbeat_age_counts_from_the_restart(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    first = Harness(store, tmp_path / "rules", clock)
+    first.connect("g-1")
+    store.write(_heartbeat_batch("g-1", clock.now))
+    # The gateway is down for ten minutes; g-1 had no alert when it went down.
+    clock.now += 600
+    second = Harness(store, tmp_path / "rules", clock)
+    second.engine.restore(store.load_alerts(), store.list_silences(), store.list_agents())
+    second.engine.tick()
+    assert second.state("DeadNode", "g-1") == "inactive"
+    clock.now += 46  # and still nothing from it
+    second.engine.tick()
+    assert second.state("DeadNode", "g-1") == "firing"
+
+
+def _heartbeat_batch(agent: str, at: float) -> WriteBatch:
+    batch = WriteBatch()
+    batch.add((agent, 1, "s", "heartbeat", at, at, b"{}"), heartbeat=(None, None))
+    return batch

@@ -159,7 +159,7 @@ async def test_300_dead_agents_make_one_post_with_every_v4_field(
         "annotations": alerts[0].annotations,
         "startsAt": rfc3339(T0),
         "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "https://clawtrace.example/console/agents/agent-000",
+        "generatorURL": "https://clawtrace.example/agents/agent-000",
         "fingerprint": alerts[0].fingerprint,
     }
     assert sorted(agents_of(body)) == [a.agent for a in alerts]
@@ -556,7 +556,7 @@ async def test_slack_body_shape(server: HttpReceiver) -> None:
     assert lines[0] == "*[FIRING:12] DeadNode prod*"
     assert len(lines) == 1 + 10 + 1
     assert lines[1] == (
-        "• *<https://clawtrace.example/console/agents/agent-00|agent-00>*: agent-00 sent no heartbeat"
+        "• *<https://clawtrace.example/agents/agent-00|agent-00>*: agent-00 sent no heartbeat"
         " _(acknowledged by alice)_"
     )
     assert lines[-1] == "and 2 more"
@@ -611,3 +611,12 @@ def test_build_receivers_rejects_bad_config() -> None:
         build_receivers([ReceiverConfig(name="x", type="log"), ReceiverConfig(name="x", type="log")])
     with pytest.raises(ValueError, match="http"):
         build_receivers([ReceiverConfig(name="x", type="slack")])
+
+
+def test_a_bad_receiver_is_refused_when_the_settings_are_loaded(tmp_path: Any) -> None:
+    from clawtrace.gateway.settings import SettingsError, load_settings
+
+    config = tmp_path / "clawtrace.toml"
+    config.write_text('[[gateway.alerts.receivers]]\nname = "oncall"\ntype = "webhook"\nurl = "hooks.example"\n')
+    with pytest.raises(SettingsError, match=r"receivers in .*clawtrace\.toml: .*oncall"):
+        load_settings(config)

@@ -307,3 +307,44 @@ async def test_silence_from_the_api_mutes_a_rule(
         assert [e for e in audit(gw, target="loop-2") if e["action"] == "restart"] == []
     finally:
         node.close()
+
+
+async def test_quarantine_and_release_reach_an_offline_node_agent_on_reconnect(
+    tmp_path: Path, webhook: HttpReceiver, make_gateway: Callable[[Path], GatewayProcess]
+) -> None:
+    gw = make_gateway(gateway_config(tmp_path, webhook))
+    operator = gw.token("dev", "operator")
+    quarantine_file = tmp_path / "spool" / "quarantine.json"
+
+    def command(action: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{gw.http_url}/api/v1/agents/q-2/commands",
+            json={"action": action, "reason": "deleting files"},
+            headers={"Authorization": f"Bearer {operator}"},
+        )
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def lifecycle_states() -> list[str]:
+        return [e["state"] for e in gw.events("q-2") if e["kind"] == "lifecycle"]
+
+    async def run_node_once() -> None:
+        node = NodeAgentProcess(tmp_path, gw, [PY, str(AGENTS / "ticker.py"), "0.2"], agent="q-2")
+        try:
+            await poll(lambda: child_pid(node), 20, "the child to start")
+            await asyncio.sleep(1.0)
+        finally:
+            node.close()
+
+    await run_node_once()  # known to the gateway, now offline
+    assert (await asyncio.to_thread(command, "quarantine"))["delivered"] is False
+    await run_node_once()
+    assert "deleting files" in quarantine_file.read_text()
+    assert "quarantined" in await asyncio.to_thread(lifecycle_states)
+
+    assert (await asyncio.to_thread(command, "release"))["delivered"] is False
+    await run_node_once()
+    assert not quarantine_file.exists()
+    states = await asyncio.to_thread(lifecycle_states)
+    assert states.index("released") > states.index("quarantined")

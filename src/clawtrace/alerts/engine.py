@@ -36,6 +36,8 @@ log = logging.getLogger("clawtrace.alerts")
 BUDGET_ALERT = "RemediationBudgetExhausted"
 GAVE_UP_ALERT = "RemediationGaveUp"
 SYSTEM_RULES = (BUDGET_ALERT, GAVE_UP_ALERT)
+# How often rule files are checked for edits.
+RULES_CHECK_SECONDS = 5.0
 # A resolved alert stays listed (and in the store) this long, then is forgotten.
 RESOLVED_RETENTION_SECONDS = 900.0
 
@@ -68,6 +70,7 @@ class AlertEngine:
         self._forget: list[tuple[str, str]] = []
         self._transitions: list[Transition] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._next_rules_check = 0.0
         self.evaluations = 0
 
     # --- wiring -------------------------------------------------------------
@@ -92,7 +95,16 @@ class AlertEngine:
                 self.silences[silence.id] = silence
         restored = list(alerts)
         for alert in restored:
-            self.alerts[(alert.rule, alert.agent)] = alert
+            self.alerts[alert.key] = alert
+        # While the gateway was down nobody could hear from agents: their heartbeat
+        # age counts from now, or a long outage would make every agent a dead node.
+        # Agents with an alert still firing keep their age (the alert stays firing).
+        firing = {a.agent for a in restored if a.state == "firing"}
+        for watched in self.watched.values():
+            if watched.agent not in firing:
+                watched.alive_at = max(watched.alive_at, now)
+                if watched.last_heartbeat is not None:
+                    watched.last_heartbeat = max(watched.last_heartbeat, now)
         self.notifier.restore(restored)
         log.info("alert engine restored %d live alerts, %d silences", len(restored), len(self.silences))
 
@@ -177,9 +189,13 @@ class AlertEngine:
 
     def tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        if now >= self._next_rules_check:
+            self._next_rules_check = now + RULES_CHECK_SECONDS
+            self.rulebook.refresh()
         agents = self.stage.agents
         for watched in self.watched.values():
             self._evaluate_agent(watched, agents.get(watched.agent), now)
+        self._retire_orphans(now)
         # After evaluation, so that what just fired inhibits at once.
         self._refresh_silences(now)
         self._remediate(now)
@@ -275,7 +291,7 @@ class AlertEngine:
             region=watched.region,
             value=alert.value,
             threshold=rule.condition.threshold,
-            labels=watched.labels,
+            labels=alert.labels,
         )
 
     def _transition(
@@ -306,7 +322,7 @@ class AlertEngine:
             )
         )
         if to != "inactive":
-            self._dirty[(alert.rule, alert.agent)] = alert
+            self._dirty[alert.key] = alert
         notify = rule is None or "notify" in rule.actions
         if to == "firing":
             alert.inhibited_by = self._inhibitor(alert, self._inhibiting_sources())
@@ -357,11 +373,15 @@ class AlertEngine:
                     f"{self.settings.budget_window_seconds / 60:g} min; held: {', '.join(sorted(held)[:20])}"
                 ),
             )
-        for (name, agent), alert in list(self.alerts.items()):
-            if name == BUDGET_ALERT and alert.state == "firing" and alert.env not in held_envs:
-                self._system_alert(BUDGET_ALERT, agent, alert.env, now, False)
-            if name == GAVE_UP_ALERT and alert.state == "firing" and agent not in self.remediator.gave_up:
-                self._system_alert(GAVE_UP_ALERT, agent, alert.env, now, False)
+        for alert in list(self.alerts.values()):
+            if alert.rule == BUDGET_ALERT and alert.state == "firing" and alert.env not in held_envs:
+                self._system_alert(BUDGET_ALERT, "", alert.env, now, False)
+            if (
+                alert.rule == GAVE_UP_ALERT
+                and alert.state == "firing"
+                and alert.agent not in self.remediator.gave_up
+            ):
+                self._system_alert(GAVE_UP_ALERT, alert.agent, alert.env, now, False)
         for agent, (target, why) in self.remediator.gave_up.items():
             self._system_alert(
                 GAVE_UP_ALERT,
@@ -376,7 +396,7 @@ class AlertEngine:
     def _system_alert(
         self, rule: str, agent: str, env: str, now: float, firing: bool, **annotations: str
     ) -> None:
-        key = (rule, agent)
+        key = (rule, agent or f"@{env}")
         alert = self.alerts.get(key)
         if firing:
             if alert is not None and alert.state == "firing":
@@ -413,6 +433,23 @@ class AlertEngine:
                 return rule
         return None
 
+    def _retire_orphans(self, now: float) -> None:
+        """Alerts whose rule was removed, disabled or no longer covers the agent end:
+        nothing would ever evaluate them again."""
+        for key, alert in list(self.alerts.items()):
+            if alert.state not in ("pending", "firing") or alert.rule in SYSTEM_RULES:
+                continue
+            if self._rule(alert) is not None:
+                continue
+            why = "its rule was removed, disabled or no longer covers the agent"
+            if alert.state == "pending":
+                self._transition(alert, "inactive", now, None, why)
+                del self.alerts[key]
+                self._forget.append(key)
+            else:
+                alert.resolved_at = now
+                self._transition(alert, "resolved", now, None, why)
+
     def _forget_resolved(self, now: float) -> None:
         for key, alert in list(self.alerts.items()):
             if alert.state == "resolved" and now - (alert.resolved_at or now) > RESOLVED_RETENTION_SECONDS:
@@ -437,7 +474,7 @@ class AlertEngine:
             inhibited_by = self._inhibitor(alert, sources)
             if silenced_by != alert.silenced_by or inhibited_by != alert.inhibited_by:
                 alert.silenced_by, alert.inhibited_by = silenced_by, inhibited_by
-                self._dirty[(alert.rule, alert.agent)] = alert
+                self._dirty[alert.key] = alert
                 self.notifier.update(alert)
 
     def _inhibiting_sources(self) -> list[list[Alert]]:
@@ -472,12 +509,12 @@ class AlertEngine:
     def acknowledge(self, alert: Alert, actor: str) -> None:
         alert.acknowledged_by = actor
         alert.acknowledged_at = self.clock()
-        self._dirty[(alert.rule, alert.agent)] = alert
+        self._dirty[alert.key] = alert
         self.notifier.update(alert)
         self.flush()
 
     def find(self, fingerprint_or_key: str) -> Alert | None:
-        """An alert by fingerprint, or by "RULE/AGENT"."""
+        """An alert by fingerprint, or by "RULE/AGENT" ("RULE/@ENV" for an environment's)."""
         rule, slash, agent = fingerprint_or_key.partition("/")
         if slash:
             return self.alerts.get((rule, agent))
@@ -488,7 +525,7 @@ class AlertEngine:
 
     def mark_notified(self, alerts: Sequence[Alert]) -> None:
         for alert in alerts:
-            self._dirty[(alert.rule, alert.agent)] = alert
+            self._dirty[alert.key] = alert
 
     # --- persistence ----------------------------------------------------------
     def flush(self) -> None:

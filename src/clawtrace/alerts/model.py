@@ -81,10 +81,9 @@ METRICS: dict[str, Metric] = {
         ),
         Metric(
             "cost_usd_last_hour",
-            "token cost of the last 60 minutes",
+            "token cost of the last 60 minutes (0 when the agent made no LLM call)",
             "USD",
             time_based=True,
-            samples="LLM calls",
         ),
         Metric(
             "tokens_per_action",
@@ -226,6 +225,12 @@ class Alert(msgspec.Struct, kw_only=True):
     # across restarts so that a restart does not notify everything again.
     notified_at: float | None = None
     notified_state: AlertState | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(rule, agent), or (rule, "@env") for an environment-wide alert
+        ("@" cannot start an agent id)."""
+        return (self.rule, self.agent or f"@{self.env}")
 
 
 class Transition(msgspec.Struct, kw_only=True, frozen=True):

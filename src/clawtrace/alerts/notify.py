@@ -348,7 +348,7 @@ class Notifier:
     # -- grouping -----------------------------------------------------------------
 
     def _group_for(self, alert: Alert, now: float) -> _Group:
-        ident = (alert.rule, alert.agent)
+        ident = alert.key
         key = group_key(alert_labels(alert), self.settings.group_by)
         old = self._where.get(ident)
         if old is not None and old != key and (previous := self._groups.get(old)) is not None:
@@ -362,7 +362,7 @@ class Notifier:
         return group
 
     def _track(self, alert: Alert, now: float) -> None:
-        tracked = (alert.rule, alert.agent) in self._where
+        tracked = alert.key in self._where
         if (
             not tracked
             and alert.state != "firing"
@@ -412,7 +412,7 @@ class Notifier:
             self._outboxes[receiver.name].put(self._notification(receiver, group, alerts, now))
             group.sent_at[receiver.name] = now
             for alert in alerts:
-                included[(alert.rule, alert.agent)] = alert
+                included[alert.key] = alert
         if included:
             group.last_flush = now
             for alert in included.values():

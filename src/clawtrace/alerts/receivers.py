@@ -144,7 +144,7 @@ def _common(maps: Iterable[Mapping[str, str]]) -> dict[str, str]:
 def generator_url(external_url: str, agent: str) -> str:
     if not agent:
         return ""
-    return f"{external_url}/console/agents/{quote(agent, safe='')}"
+    return f"{external_url}/agents/{quote(agent, safe='')}"
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
@@ -319,15 +319,20 @@ _TYPES: dict[str, type[WebhookReceiver | SlackReceiver | LogReceiver]] = {
 }
 
 
-def build_receivers(configs: Iterable[ReceiverConfig]) -> list[Receiver]:
-    """The receivers of ``[gateway.alerts]``; raises ValueError for a bad or duplicate one."""
-    configs = list(configs)
+def check_receivers(configs: Iterable[ReceiverConfig]) -> None:
+    """Raise ValueError for a bad or duplicate receiver (settings are checked at load)."""
     seen: set[str] = set()
-    # Check everything before building anything, so a bad entry leaves no open clients behind.
     for config in configs:
         if config.name in seen:
             raise ValueError(f"two alert receivers are named {config.name!r}")
         seen.add(config.name)
         if config.type != "log":
             _check_url(config)
+
+
+def build_receivers(configs: Iterable[ReceiverConfig]) -> list[Receiver]:
+    """The receivers of ``[gateway.alerts]``; raises ValueError for a bad or duplicate one."""
+    configs = list(configs)
+    # Check everything before building anything, so a bad entry leaves no open clients behind.
+    check_receivers(configs)
     return [_TYPES[config.type](config) for config in configs]

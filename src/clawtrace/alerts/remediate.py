@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -66,7 +67,7 @@ class Remediator:
         self.held: dict[str, set[str]] = {}
         # Agents quarantined because restarting did not help (engine raises an alert).
         self.gave_up: dict[str, tuple[AgentTarget, str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[object]] = set()
 
     def _state(self, agent: str) -> _AgentState:
         state = self._agents.get(agent)
@@ -90,7 +91,7 @@ class Remediator:
         horizon = now - max(self.settings.budget_window_seconds, self.settings.give_up_window_seconds)
         for entry in entries:
             by_alert = entry.actor.startswith("alert:")
-            if entry.ts < horizon or not by_alert or entry.result not in ("ok", "failed"):
+            if entry.ts < horizon or not by_alert or entry.result != "ok":
                 continue
             if entry.action in DISRUPTIVE:
                 self._spent.setdefault(entry.env, collections.deque()).append(entry.ts)
@@ -172,11 +173,21 @@ class Remediator:
             for action in ordered:
                 self._record(alert, rule, target, action, "dry_run", "dry run: not carried out")
             return
-        self._spawn(self._act_all(alert, rule, target, ordered))
+        self._spawn(self._act_all(alert, rule, target, ordered, now))
 
-    async def _act_all(self, alert: Alert, rule: Rule, target: AgentTarget, actions: Sequence[str]) -> None:
+    async def _act_all(
+        self, alert: Alert, rule: Rule, target: AgentTarget, actions: Sequence[str], at: float
+    ) -> None:
         for action in actions:
-            await self._act(alert, rule, target, action)
+            ok = await self._act(alert, rule, target, action)
+            if not ok and action in DISRUPTIVE:
+                # Nothing was restarted (an agent that is not connected): that spends
+                # no budget and is no step towards giving up; backoff still applies.
+                with contextlib.suppress(ValueError):
+                    self._spent.get(target.env, collections.deque()).remove(at)
+                if action == "restart":
+                    with contextlib.suppress(ValueError):
+                        self._state(target.agent).restarts.remove(at)
 
     def _give_up(
         self, alert: Alert, rule: Rule, target: AgentTarget, state: _AgentState, dry_run: bool
@@ -194,7 +205,7 @@ class Remediator:
         self.gave_up[target.agent] = (target, why)
         self._spawn(self._act(alert, rule, target, "quarantine", why))
 
-    async def _act(self, alert: Alert, rule: Rule, target: AgentTarget, action: str, why: str = "") -> None:
+    async def _act(self, alert: Alert, rule: Rule, target: AgentTarget, action: str, why: str = "") -> bool:
         reason = why or alert.annotations.get("summary") or f"{rule.name}: {rule.condition}"
         try:
             if action == "restart":
@@ -207,6 +218,7 @@ class Remediator:
             log.exception("%s of %s failed", action, target.agent)
             result = ActionResult(False, f"{type(exc).__name__}: {exc}")
         self._record(alert, rule, target, action, "ok" if result.ok else "failed", result.detail, reason)
+        return result.ok
 
     def _record(
         self,
@@ -244,7 +256,7 @@ class Remediator:
         self._agents.pop(agent, None)
         self.gave_up.pop(agent, None)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

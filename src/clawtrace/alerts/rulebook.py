@@ -26,6 +26,8 @@ class RuleBook:
         self.rules_dir = rules_dir
         self.include_defaults = include_defaults
         self._rules: dict[str, list[Rule]] = {}
+        # Each loaded file's modification time (None: no file), to notice edits.
+        self._stamps: dict[str, int | None] = {}
         self.errors: dict[str, str] = {}
         # Bumped on every change, so per-agent rule lists know when they are stale.
         self.version = 0
@@ -44,8 +46,30 @@ class RuleBook:
                 rules = self._rules[env]
         return rules
 
+    def _stamp(self, env: str) -> int | None:
+        path = self.path_for(env)
+        try:
+            return None if path is None else path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def refresh(self) -> list[str]:
+        """Reload the environments whose file changed on disk; returns their names.
+
+        A file edited into something invalid is refused (the rules in force
+        stay, the error is shown by the API and logged)."""
+        changed = [env for env, stamp in self._stamps.items() if self._stamp(env) != stamp]
+        for env in changed:
+            try:
+                self.reload(env)
+                log.info("alert rules for %s reloaded from %s", env, self.path_for(env))
+            except Exception as exc:
+                log.error("alert rules for %s changed but were not loaded: %s", env, exc)
+        return changed
+
     def reload(self, env: str) -> list[Rule]:
         """Read the environment's file again; raises RuleError if it is invalid."""
+        self._stamps[env] = self._stamp(env)
         try:
             rules = rules_for_env(self.rules_dir, env, self.include_defaults)
         except Exception as exc:

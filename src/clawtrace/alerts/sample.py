@@ -75,8 +75,8 @@ class AgentSample:
         if metric == "restarts_last_hour":
             return float(self._live()[2]), 1
         if metric == "cost_usd_last_hour":
-            window = self._live()[0]
-            return (None, 0) if window.llm_calls == 0 else (self._live()[1], window.llm_calls)
+            # Spending nothing for an hour is a real 0, unlike a rate over no calls.
+            return (None, 0) if m is None else (self._live()[1], 1)
         numbers = self._window_numbers()
         window = self._live()[0]
         if metric == "tool_success_rate":

@@ -86,3 +86,6 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     budget_window_seconds: float = 600.0
     give_up_after_restarts: int = 5
     give_up_window_seconds: float = 1800.0
+    # Alert transitions and the audit log are deleted after this many days.
+    history_retention_days: float = 90.0
+    audit_retention_days: float = 365.0

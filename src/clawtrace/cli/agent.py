@@ -17,14 +17,15 @@ ACTIONS: dict[str, tuple[str, str]] = {
     ),
     "stop": (
         "Stop an agent's process.",
-        "Stop AGENT's process through its node agent; it stays stopped until started again"
-        " where it runs. It must be connected.",
+        "Stop AGENT's process through its node agent; it stays stopped until a restart"
+        " command (or its node agent is restarted). It must be connected.",
     ),
     "quarantine": (
-        "Refuse every tool call of an agent until released.",
-        "Quarantine AGENT: its node agent refuses every tool call, while the process keeps"
-        " running for inspection. Recorded at the gateway, so it holds across restarts and"
-        " reaches an offline agent when it reconnects.",
+        "Quarantine an agent (deny-all tool policy) until released.",
+        "Quarantine AGENT: recorded at the gateway (the fleet shows it as quarantined) and"
+        " sent to its node agent, which records it and reports it; an offline agent learns it"
+        " when it reconnects. The process keeps running for inspection. Tool calls are refused"
+        " once the policy engine enforces it (docs/alerts.md).",
     ),
     "release": (
         "Lift an agent's quarantine.",

@@ -133,6 +133,7 @@ class AgentConnection:
             return
         log.info("agent %s connected (env %s, region %s)", hello.agent, hello.env, hello.region)
         acker = asyncio.create_task(self._ack_loop())
+        quarantine = self.pipeline.quarantined.get(hello.agent)
         try:
             await self.send(
                 encode(
@@ -140,10 +141,10 @@ class AgentConnection:
                         ack=state.accepted_seq,
                         max_frame_bytes=self.settings.max_frame_bytes,
                         max_events_per_frame=self.settings.max_events_per_frame,
+                        quarantine=quarantine.reason if quarantine is not None else None,
                     )
                 )
             )
-            self.pipeline.welcomed(info)
             await self._read_events(state)
         except WebSocketDisconnect:
             pass

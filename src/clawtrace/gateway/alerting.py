@@ -44,14 +44,16 @@ def build_alert_engine(
 
         writer.call(write).add_done_callback(_log_failure)
 
-    driver: RemediationDriver = container_driver(alert_settings.driver) or NodeAgentDriver(commands)
+    node = NodeAgentDriver(commands)
+    driver: RemediationDriver = container_driver(alert_settings.driver) or node
     rulebook = RuleBook(settings.rules_path, alert_settings.default_rules)
     engine_ref: list[AlertEngine] = []
 
     def env_size(env: str) -> int:
         return engine_ref[0].env_size(env) if engine_ref else 0
 
-    remediator = Remediator(driver, commands.quarantine, audit, env_size, alert_settings)
+    # Quarantine is the gateway's own (a policy), whichever driver restarts containers.
+    remediator = Remediator(driver, node.quarantine, audit, env_size, alert_settings)
     notifier = Notifier(
         build_receivers(alert_settings.receivers),
         alert_settings,

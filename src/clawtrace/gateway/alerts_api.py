@@ -28,7 +28,10 @@ def _engine(request: Request) -> AlertEngine:
     engine: AlertEngine | None = request.app.state.alerts
     if engine is None:
         raise ApiError(
-            409, "alerts_disabled", "alerts are disabled on this gateway ([gateway.alerts] enabled = false)"
+            409,
+            "alerts_disabled",
+            "alerts are disabled on this gateway ([gateway.alerts] enabled = false,"
+            " or metrics_enabled = false: alerts need the metrics stage)",
         )
     return engine
 
@@ -61,7 +64,7 @@ def _actor(credential: Credential) -> str:
 
 def alert_view(alert: Alert) -> dict[str, Any]:
     view = msgspec.structs.asdict(alert)
-    view["key"] = f"{alert.rule}/{alert.agent}"
+    view["key"] = "/".join(alert.key)
     return view
 
 
@@ -216,7 +219,22 @@ async def expire_silence(request: Request, silence_id: str, credential: AnyCrede
     _require(credential, "operator", found.env)
     actor = _actor(credential)
     now = time.time()
-    expired = await request.app.state.writer.call(lambda s: s.expire_silence(silence_id, actor, now))
+    entry = AuditEntry(
+        ts=now,
+        env=found.env or "*",
+        actor=actor,
+        action="unsilence",
+        target=found.target,
+        reason=found.reason,
+        result="ok",
+        detail={"silence": silence_id},
+    )
+
+    def write(store: Store) -> Silence | None:
+        store.add_audit([entry])
+        return store.expire_silence(silence_id, actor, now)
+
+    expired = await request.app.state.writer.call(write)
     engine.expire_silence(silence_id)
     return json_response({"silence": expired})
 

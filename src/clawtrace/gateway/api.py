@@ -16,7 +16,7 @@ from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credentia
 from clawtrace.alerts.drivers.base import AgentTarget
 from clawtrace.alerts.model import AuditEntry
 from clawtrace.gateway.agent_socket import bearer_token
-from clawtrace.gateway.commands import CommandService
+from clawtrace.gateway.commands import CommandService, delivery
 from clawtrace.gateway.live import LiveHub, Viewer
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.settings import GatewaySettings
@@ -223,16 +223,23 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
     actor = f"{credential.role}:{credential.id}"
     reason = body.reason or f"requested by {credential.role} credential {credential.id}"
     command = None
+    failure: tuple[str, str] | None = None
     if body.action == "quarantine":
         target = AgentTarget(agent, record.env, record.region, record.labels)
-        result = await commands.quarantine(target, reason, actor)
+        delivered = await commands.quarantine(target, reason, actor)
+        detail = f"quarantine recorded; {delivery(delivered)}"
     elif body.action == "release":
-        result = await commands.release(agent, reason)
-        engine = request.app.state.alerts
-        if result.ok and engine is not None:
-            engine.remediator.released(agent)
+        was_quarantined, delivered = await commands.release(agent, reason)
+        detail = f"quarantine lifted; {delivery(delivered)}"
+        if not was_quarantined:
+            failure = ("not_quarantined", f"agent {agent!r} is not quarantined")
+        elif request.app.state.alerts is not None:
+            request.app.state.alerts.remediator.released(agent)
     else:
-        command, result = await commands.send(agent, body.action, reason, body.payload)  # type: ignore[arg-type]
+        command, delivered = await commands.send(agent, body.action, reason, body.payload)  # type: ignore[arg-type]
+        detail = f"{body.action} command {command.id} {delivery(delivered)}"
+        if not delivered:
+            failure = ("not_connected", f"agent {agent!r} is not connected; the {body.action} was not sent")
     entry = AuditEntry(
         ts=time.time(),
         env=record.env,
@@ -240,17 +247,14 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
         action=body.action,
         target=agent,
         reason=reason,
-        result="ok" if result.ok else "failed",
-        detail={"detail": result.detail},
+        result="failed" if failure else "ok",
+        detail={"detail": failure[1] if failure else detail},
     )
     await request.app.state.writer.call(lambda store: store.add_audit([entry]))
-    if not result.ok:
-        status, code = (
-            (409, "not_connected") if "not connected" in result.detail else (409, "not_quarantined")
-        )
-        raise ApiError(status, code, result.detail)
+    if failure is not None:
+        raise ApiError(409, *failure)
     return json_response(
-        {"command": command, "action": body.action, "delivered": True, "detail": result.detail}, 202
+        {"command": command, "action": body.action, "delivered": delivered, "detail": detail}, 202
     )
 
 

@@ -79,7 +79,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await metrics.start(bus, persist_rollups)
         commands = CommandService(pipeline, writer)
         commands.load()
-        pipeline.welcome_listeners.append(commands.on_welcome)
         alerts = None
         if settings.alerts.enabled and settings.metrics_enabled:
             alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)

@@ -7,7 +7,6 @@ Callers write the audit entry (they know who asked and why).
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -17,9 +16,7 @@ from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.protocol import Command, encode
 from clawtrace.protocol.messages import CommandAction
-from clawtrace.store import AgentInfo, QuarantineRecord
-
-log = logging.getLogger("clawtrace.gateway.commands")
+from clawtrace.store import QuarantineRecord
 
 
 class CommandService:
@@ -29,50 +26,43 @@ class CommandService:
         self.pipeline = pipeline
         self.writer = writer
         self.clock = clock
-        self.quarantined: dict[str, QuarantineRecord] = {}
+
+    @property
+    def quarantined(self) -> dict[str, QuarantineRecord]:
+        # Kept on the pipeline: every welcome tells the node agent where it stands.
+        return self.pipeline.quarantined
 
     def load(self) -> None:
-        self.quarantined = {q.agent: q for q in self.pipeline.store.list_quarantines()}
+        self.quarantined.update({q.agent: q for q in self.pipeline.store.list_quarantines()})
 
     async def send(
         self, agent: str, action: CommandAction, reason: str, payload: dict[str, object] | None = None
-    ) -> tuple[Command, ActionResult]:
+    ) -> tuple[Command, bool]:
+        """(the command, whether it reached a connected node agent)."""
         command = Command(id=secrets.token_hex(8), action=action, reason=reason, payload=payload or {})
-        delivered = await self.pipeline.send_command(agent, encode(command))
-        if not delivered:
-            return command, ActionResult(
-                False, f"agent {agent!r} is not connected; the {action} was not sent"
-            )
-        return command, ActionResult(True, f"{action} command {command.id} sent to the node agent")
+        return command, await self.pipeline.send_command(agent, encode(command))
 
-    async def quarantine(self, target: AgentTarget, reason: str, actor: str) -> ActionResult:
-        """Record the quarantine (deny all tools until released) and tell the node agent.
-
-        The record stands even if the agent is offline: it gets the command
-        again when it reconnects.
-        """
+    async def quarantine(self, target: AgentTarget, reason: str, actor: str) -> bool:
+        """Record the quarantine (deny all tools until released) and tell the node agent;
+        returns whether it was told now (otherwise its next welcome says so)."""
         record = QuarantineRecord(
             agent=target.agent, env=target.env, since=self.clock(), reason=reason, actor=actor
         )
         await self.writer.call(lambda store: store.set_quarantine(record))
         self.quarantined[target.agent] = record
-        _, sent = await self.send(target.agent, "quarantine", reason)
-        detail = "quarantine recorded; " + (sent.detail if sent.ok else "delivered when the agent reconnects")
-        return ActionResult(True, detail)
+        return (await self.send(target.agent, "quarantine", reason))[1]
 
-    async def release(self, agent: str, reason: str) -> ActionResult:
+    async def release(self, agent: str, reason: str) -> tuple[bool, bool]:
+        """(whether the agent was quarantined, whether its node agent was told now)."""
         removed = await self.writer.call(lambda store: store.clear_quarantine(agent))
         self.quarantined.pop(agent, None)
         if not removed:
-            return ActionResult(False, f"agent {agent!r} is not quarantined")
-        _, sent = await self.send(agent, "release", reason)
-        return ActionResult(True, "quarantine lifted; " + (sent.detail if sent.ok else "agent not connected"))
+            return False, False
+        return True, (await self.send(agent, "release", reason))[1]
 
-    async def on_welcome(self, info: AgentInfo) -> None:
-        """A quarantined agent that reconnects is told again (it may have restarted)."""
-        record = self.quarantined.get(info.agent)
-        if record is not None:
-            await self.send(info.agent, "quarantine", record.reason)
+
+def delivery(delivered: bool) -> str:
+    return "sent to the node agent" if delivered else "delivered when the agent reconnects"
 
 
 class NodeAgentDriver:
@@ -83,8 +73,18 @@ class NodeAgentDriver:
     def __init__(self, commands: CommandService) -> None:
         self.commands = commands
 
+    async def _command(self, target: AgentTarget, action: CommandAction, reason: str) -> ActionResult:
+        command, delivered = await self.commands.send(target.agent, action, reason)
+        if not delivered:
+            return ActionResult(False, f"agent {target.agent!r} is not connected; the {action} was not sent")
+        return ActionResult(True, f"{action} command {command.id} sent to the node agent")
+
     async def restart(self, target: AgentTarget, reason: str) -> ActionResult:
-        return (await self.commands.send(target.agent, "restart", reason))[1]
+        return await self._command(target, "restart", reason)
 
     async def stop(self, target: AgentTarget, reason: str) -> ActionResult:
-        return (await self.commands.send(target.agent, "stop", reason))[1]
+        return await self._command(target, "stop", reason)
+
+    async def quarantine(self, target: AgentTarget, reason: str, actor: str) -> ActionResult:
+        delivered = await self.commands.quarantine(target, reason, actor)
+        return ActionResult(True, f"quarantine recorded; {delivery(delivered)}")

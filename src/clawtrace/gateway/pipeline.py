@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +21,7 @@ from clawtrace.gateway.redaction import Redactor
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.protocol import (
     EVENT_TYPES,
+    PROCESS_STATES,
     Error,
     ErrorCode,
     Event,
@@ -33,7 +34,7 @@ from clawtrace.protocol import (
     encode,
     utc_now,
 )
-from clawtrace.store import AgentEnvMismatch, AgentInfo, Store, WriteBatch
+from clawtrace.store import AgentEnvMismatch, AgentInfo, QuarantineRecord, Store, WriteBatch
 
 log = logging.getLogger("clawtrace.gateway.pipeline")
 
@@ -86,9 +87,10 @@ class Pipeline:
         self._fanout: set[asyncio.Task[None]] = set()
         # Called with the new AgentInfo whenever an agent (re)connects, ...
         self.attach_listeners: list[Callable[[AgentInfo], None]] = []
-        # ... once it has its welcome (commands may follow), and when it disconnects.
-        self.welcome_listeners: list[Callable[[AgentInfo], Awaitable[None]]] = []
+        # ... and when it disconnects.
         self.detach_listeners: list[Callable[[str], None]] = []
+        # Agents under quarantine (see gateway/commands.py): their welcome says so.
+        self.quarantined: dict[str, QuarantineRecord] = {}
 
     def _lock(self, agent: str) -> asyncio.Lock:
         lock = self._locks.get(agent)
@@ -130,12 +132,6 @@ class Pipeline:
         for listener in self.detach_listeners:
             listener(agent)
         await self.writer.call(lambda store: store.mark_disconnected(agent, time.time()))
-
-    def welcomed(self, info: AgentInfo) -> None:
-        for listener in self.welcome_listeners:
-            task = asyncio.ensure_future(listener(info))
-            self._fanout.add(task)
-            task.add_done_callback(self._fanout.discard)
 
     async def agent_for_post(self, agent: str, env: str) -> AgentState:
         """The state of an agent that posts over HTTP instead of holding a socket."""
@@ -229,7 +225,9 @@ class Pipeline:
             batch.add(
                 (agent, seq, event.session, _KIND_OF[type(event)], event.ts.timestamp(), received, data),
                 heartbeat=heartbeat,
-                lifecycle=event.state if isinstance(event, Lifecycle) else None,
+                lifecycle=event.state
+                if isinstance(event, Lifecycle) and event.state in PROCESS_STATES
+                else None,
             )
         self.stats.duplicates += duplicates
         self.stats.rejected += len(errors)

@@ -40,6 +40,9 @@ async def prune_once(settings: GatewaySettings, writer: StoreWriter, now: float 
             )
     rollup_cutoff = int((now - settings.rollup_retention_days * 86_400) // 60)
     await writer.call(lambda store: store.prune_rollups(rollup_cutoff))
+    history_cutoff = now - settings.alerts.history_retention_days * 86_400
+    audit_cutoff = now - settings.alerts.audit_retention_days * 86_400
+    await writer.call(lambda store: store.prune_alert_history(history_cutoff, audit_cutoff))
     return deleted_total
 
 

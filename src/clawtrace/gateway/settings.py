@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from clawtrace.alerts.receivers import check_receivers
 from clawtrace.alerts.settings import AlertSettings
 from clawtrace.metrics.prices import ModelPrice
 
@@ -97,8 +98,12 @@ def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
         raw = dict(document.get("gateway", document))
     raw.update({key: value for key, value in overrides.items() if value is not None})
+    where = f" in {path}" if path else ""
     try:
-        return msgspec.convert(raw, GatewaySettings)
+        settings = msgspec.convert(raw, GatewaySettings)
+        check_receivers(settings.alerts.receivers)
     except msgspec.ValidationError as exc:
-        where = f" in {path}" if path else ""
         raise SettingsError(f"invalid setting{where}: {exc}") from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid [gateway.alerts] receivers{where}: {exc}") from None
+    return settings

@@ -9,6 +9,7 @@ import msgspec
 
 from clawtrace.metrics.buckets import Bucket, hist_percentile, merged, nearest_rank
 from clawtrace.metrics.prices import PriceTable
+from clawtrace.protocol import PROCESS_STATES
 
 # Events older than this (by event time) no longer count in the live
 # numbers; they still reach the persisted rollups.
@@ -220,7 +221,8 @@ class AgentMetrics:
                 target.tool_failed += 1
                 self._failed()
         elif isinstance(event, MLifecycle):
-            self.lifecycle = event.state
+            if event.state in PROCESS_STATES:
+                self.lifecycle = event.state
             if event.state == "restarting":
                 bucket.restarts += 1
                 self.restarts_total += 1

@@ -45,6 +45,7 @@ from clawtrace.protocol.messages import (
     Hello,
     Lifecycle,
     Log,
+    Welcome,
     utc_now,
 )
 
@@ -366,6 +367,14 @@ class NodeAgent:
         else:
             log.warning("ignoring %s: this node agent does not support %r commands yet", why, command.action)
 
+    def _on_welcome(self, welcome: Welcome) -> None:
+        # The gateway's record wins: a quarantine or a release sent while this
+        # node agent was offline takes effect on connect.
+        if welcome.quarantine is not None:
+            self._set_quarantine(True, welcome.quarantine)
+        elif self.quarantine is not None:
+            self._set_quarantine(False, "not quarantined at the gateway")
+
     def _load_quarantine(self) -> dict[str, Any] | None:
         try:
             value = json.loads((self.config.spool_dir / QUARANTINE_FILE).read_text())
@@ -464,6 +473,7 @@ class NodeAgent:
                 spool,
                 token=cfg.token,
                 on_command=self._on_command,
+                on_welcome=self._on_welcome,
                 reconnect_max=cfg.reconnect_max,
             )
             self.supervisor = supervisor = Supervisor(

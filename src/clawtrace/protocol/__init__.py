@@ -14,6 +14,7 @@ from clawtrace.protocol.codec import (
 from clawtrace.protocol.messages import (
     EVENT_TYPES,
     KINDS,
+    PROCESS_STATES,
     PROTOCOL_VERSION,
     Ack,
     ClientMessage,
@@ -40,6 +41,7 @@ from clawtrace.protocol.messages import (
 __all__ = [
     "EVENT_TYPES",
     "KINDS",
+    "PROCESS_STATES",
     "PROTOCOL_VERSION",
     "Ack",
     "ClientMessage",

@@ -82,6 +82,7 @@ class RefusedError(Exception):
 
 CommandHandler = Callable[[Command], Awaitable[None]]
 ErrorHandler = Callable[[Error], None]
+WelcomeHandler = Callable[[Welcome], None]
 
 
 def agent_url(gateway: str) -> str:
@@ -118,6 +119,7 @@ class UplinkClient:
         token: str | None = None,
         on_command: CommandHandler | None = None,
         on_error: ErrorHandler | None = None,
+        on_welcome: WelcomeHandler | None = None,
         max_batch: int = 500,
         max_frame_bytes: int = 256 * 1024,
         window: int = 5_000,
@@ -132,6 +134,7 @@ class UplinkClient:
         self.token = token
         self.on_command = on_command
         self.on_error = on_error
+        self.on_welcome = on_welcome
         self.max_batch = max_batch
         self.max_frame_bytes = max_frame_bytes
         self.window = window
@@ -232,6 +235,8 @@ class UplinkClient:
             self.sent_seq = welcome.ack
             self.max_frame_bytes = min(self.max_frame_bytes, welcome.max_frame_bytes // 2)
             self.max_batch = min(self.max_batch, welcome.max_events_per_frame)
+            if self.on_welcome is not None:
+                self.on_welcome(welcome)
             self.connected.set()
             sender = asyncio.create_task(self._send_loop(ws))
             try:

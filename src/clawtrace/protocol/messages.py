@@ -75,6 +75,11 @@ class Heartbeat(Envelope, tag="heartbeat"):
     rss_bytes: NonNegativeInt | None = None
 
 
+# The states of the agent process itself; "quarantined" and "released" say
+# something about its tool policy, not whether it runs.
+PROCESS_STATES = frozenset({"started", "exited", "restarting", "stopped"})
+
+
 class Lifecycle(Envelope, tag="lifecycle"):
     state: Identifier
     exit_code: int | None = None
@@ -131,6 +136,9 @@ class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True):
     protocol: int = PROTOCOL_VERSION
     max_frame_bytes: int = 1 << 20
     max_events_per_frame: int = 10_000
+    # Why the agent is quarantined, or None: the node agent takes this as its
+    # quarantine state on every connect (a release while it was offline included).
+    quarantine: str | None = None
 
 
 class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True):

@@ -292,6 +292,10 @@ class Store(abc.ABC):
         """Newest first."""
 
     @abc.abstractmethod
+    def prune_alert_history(self, transitions_before: float, audit_before: float) -> int:
+        """Delete alert transitions, ended silences and audit entries older than the cutoffs."""
+
+    @abc.abstractmethod
     def add_silence(self, silence: Silence) -> None: ...
 
     @abc.abstractmethod

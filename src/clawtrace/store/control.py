@@ -30,14 +30,16 @@ class CoreControlTables:
             for rule, agent in forget:
                 c.execute(table.delete().where(table.c.rule == rule, table.c.agent == agent))
             for alert in alerts:
-                c.execute(table.delete().where(table.c.rule == alert.rule, table.c.agent == alert.agent))
+                rule, agent = alert.key
+                c.execute(table.delete().where(table.c.rule == rule, table.c.agent == agent))
             if alerts:
                 c.execute(
                     table.insert(),
                     [
                         {
                             "rule": a.rule,
-                            "agent": a.agent,
+                            # "@env" for an environment-wide alert: unique per environment.
+                            "agent": a.key[1],
                             "env": a.env,
                             "state": a.state,
                             "data": msgspec.json.encode(a),
@@ -93,6 +95,17 @@ class CoreControlTables:
             )
             for r in rows
         ]
+
+    def prune_alert_history(self, transitions_before: float, audit_before: float) -> int:
+        with self.engine.begin() as c:
+            deleted = c.execute(
+                schema.alert_history.delete().where(schema.alert_history.c.ts < transitions_before)
+            )
+            deleted_silences = c.execute(
+                schema.silences.delete().where(schema.silences.c.ends < transitions_before)
+            )
+            deleted_audit = c.execute(schema.audit.delete().where(schema.audit.c.ts < audit_before))
+        return int(deleted.rowcount + deleted_silences.rowcount + deleted_audit.rowcount)
 
     def add_silence(self, silence: Silence) -> None:
         with self.engine.begin() as c:
