@@ -17,6 +17,7 @@ from clawtrace.alerts.model import Alert, Severity, fingerprint
 from clawtrace.alerts.notify import Notifier
 from clawtrace.alerts.receivers import build_receivers, rfc3339
 from clawtrace.alerts.settings import AlertSettings, ReceiverConfig
+from clawtrace.gateway.settings import SettingsError, load_settings
 from http_receiver import HttpReceiver
 
 T0 = 1_795_000_000.0
@@ -614,9 +615,9 @@ def test_build_receivers_rejects_bad_config() -> None:
 
 
 def test_a_bad_receiver_is_refused_when_the_settings_are_loaded(tmp_path: Any) -> None:
-    from clawtrace.gateway.settings import SettingsError, load_settings
-
     config = tmp_path / "clawtrace.toml"
-    config.write_text('[[gateway.alerts.receivers]]\nname = "oncall"\ntype = "webhook"\nurl = "hooks.example"\n')
+    config.write_text(
+        '[[gateway.alerts.receivers]]\nname = "oncall"\ntype = "webhook"\nurl = "hooks.example"\n'
+    )
     with pytest.raises(SettingsError, match=r"receivers in .*clawtrace\.toml: .*oncall"):
         load_settings(config)
