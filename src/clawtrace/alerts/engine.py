@@ -98,8 +98,8 @@ class AlertEngine:
             self.alerts[alert.key] = alert
         # While the gateway was down nobody could hear from agents: their heartbeat
         # age counts from now, or a long outage would make every agent a dead node.
-        # Agents with an alert still firing keep their age (the alert stays firing).
-        firing = {a.agent for a in restored if a.state == "firing"}
+        # Agents with a heartbeat alert still firing keep their age (it stays firing).
+        firing = {a.agent for a in restored if a.state == "firing" and self._about_heartbeats(a)}
         for watched in self.watched.values():
             if watched.agent not in firing:
                 watched.alive_at = max(watched.alive_at, now)
@@ -302,7 +302,9 @@ class AlertEngine:
         rule: Rule | None,
         detail: str = "",
         value: float | None = None,
+        notify: bool | None = None,
     ) -> None:
+        """Record a state change; ``notify`` None: as the rule's actions say (system alerts: yes)."""
         before = alert.state
         alert.state = to
         if to == "firing":
@@ -323,7 +325,8 @@ class AlertEngine:
         )
         if to != "inactive":
             self._dirty[alert.key] = alert
-        notify = rule is None or "notify" in rule.actions
+        if notify is None:
+            notify = rule is None or "notify" in rule.actions
         if to == "firing":
             alert.inhibited_by = self._inhibitor(alert, self._inhibiting_sources())
             log.warning(
@@ -424,6 +427,10 @@ class AlertEngine:
             alert.resolved_at = now
             self._transition(alert, "resolved", now, None)
 
+    def _about_heartbeats(self, alert: Alert) -> bool:
+        rule = next((r for r in self.rulebook.rules(alert.env) if r.name == alert.rule), None)
+        return rule is not None and rule.condition.metric == "heartbeat_age_s"
+
     def _rule(self, alert: Alert) -> Rule | None:
         watched = self.watched.get(alert.agent)
         if watched is None:
@@ -448,7 +455,8 @@ class AlertEngine:
                 self._forget.append(key)
             else:
                 alert.resolved_at = now
-                self._transition(alert, "resolved", now, None, why)
+                # Its receivers hear it ended only if they heard it fire.
+                self._transition(alert, "resolved", now, None, why, notify=alert.notified_state == "firing")
 
     def _forget_resolved(self, now: float) -> None:
         for key, alert in list(self.alerts.items()):
@@ -489,6 +497,8 @@ class AlertEngine:
         ]
 
     def _inhibitor(self, alert: Alert, sources: list[list[Alert]]) -> str | None:
+        if alert.rule in SYSTEM_RULES:
+            return None  # what remediation says about itself is never noise
         for rule, firing in zip(self.settings.inhibit_rules, sources, strict=True):
             if not firing or not all(alert.labels.get(k) == v for k, v in rule.target.items()):
                 continue

@@ -438,7 +438,9 @@ class Notifier:
         changed = False
         unacknowledged = False
         for alert in group.alerts.values():
-            if alert.silenced_by is not None or alert.inhibited_by is not None or not receiver.accepts(alert):
+            # An inhibited alert that was sent firing is still sent resolved.
+            inhibited = alert.inhibited_by is not None and alert.state == "firing"
+            if alert.silenced_by is not None or inhibited or not receiver.accepts(alert):
                 continue
             if alert.state == "firing":
                 firing.append(alert)

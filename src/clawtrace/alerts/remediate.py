@@ -178,16 +178,20 @@ class Remediator:
     async def _act_all(
         self, alert: Alert, rule: Rule, target: AgentTarget, actions: Sequence[str], at: float
     ) -> None:
+        disrupted = False
+        attempted = False
         for action in actions:
             ok = await self._act(alert, rule, target, action)
-            if not ok and action in DISRUPTIVE:
-                # Nothing was restarted (an agent that is not connected): that spends
-                # no budget and is no step towards giving up; backoff still applies.
-                with contextlib.suppress(ValueError):
-                    self._spent.get(target.env, collections.deque()).remove(at)
-                if action == "restart":
-                    with contextlib.suppress(ValueError):
-                        self._state(target.agent).restarts.remove(at)
+            if action in DISRUPTIVE:
+                attempted = True
+                disrupted = disrupted or ok
+        if attempted and not disrupted:
+            # Nothing was restarted or stopped (an agent that is not connected): that
+            # spends no budget and is no step towards giving up; backoff still applies.
+            with contextlib.suppress(ValueError):
+                self._spent.get(target.env, collections.deque()).remove(at)
+            with contextlib.suppress(ValueError):
+                self._state(target.agent).restarts.remove(at)
 
     def _give_up(
         self, alert: Alert, rule: Rule, target: AgentTarget, state: _AgentState, dry_run: bool

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from clawtrace.alerts.model import Severity
 
 ReceiverType = Literal["webhook", "slack", "log"]
+# A zero or negative retention would delete the whole history at the next pass.
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 DriverType = Literal["node", "docker", "kubernetes"]
 
 
@@ -87,5 +89,5 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     give_up_after_restarts: int = 5
     give_up_window_seconds: float = 1800.0
     # Alert transitions and the audit log are deleted after this many days.
-    history_retention_days: float = 90.0
-    audit_retention_days: float = 365.0
+    history_retention_days: PositiveFloat = 90.0
+    audit_retention_days: PositiveFloat = 365.0

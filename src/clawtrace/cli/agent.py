@@ -29,7 +29,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     ),
     "release": (
         "Lift an agent's quarantine.",
-        "Lift AGENT's quarantine: its tool calls are allowed again.",
+        "Lift AGENT's quarantine (recorded at the gateway, sent to its node agent now or when"
+        " it reconnects).",
     ),
 }
 

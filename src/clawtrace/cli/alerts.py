@@ -264,6 +264,10 @@ def _notes(alert: dict[str, Any]) -> Text:
     notes = Text()
     if alert.get("silenced_by"):
         notes.append(f"silenced ({alert['silenced_by']})", style="magenta")
+    if alert.get("inhibited_by"):
+        if notes:
+            notes.append("  ")
+        notes.append(f"inhibited ({alert['inhibited_by']})", style="magenta")
     if alert.get("acknowledged_by"):
         if notes:
             notes.append("  ")

@@ -219,15 +219,16 @@ async def expire_silence(request: Request, silence_id: str, credential: AnyCrede
     _require(credential, "operator", found.env)
     actor = _actor(credential)
     now = time.time()
+    ended = found.expired_by is not None or found.ends <= now
     entry = AuditEntry(
         ts=now,
         env=found.env or "*",
         actor=actor,
         action="unsilence",
         target=found.target,
-        reason=found.reason,
-        result="ok",
-        detail={"silence": silence_id},
+        reason=f"silence {silence_id}: {found.reason}",
+        result="noop" if ended else "ok",
+        detail={"silence": silence_id, "already_ended": ended},
     )
 
     def write(store: Store) -> Silence | None:
