@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "alerts": "clawtrace.cli.alerts:alerts",
     "audit": "clawtrace.cli.alerts:audit",
     "agent": "clawtrace.cli.agent:agent",
+    "policy": "clawtrace.cli.policy:policy",
+    "approvals": "clawtrace.cli.policy:approvals",
 }
 
 
@@ -62,6 +64,8 @@ def cli() -> None:
       clawtrace stats AGENT           one agent's numbers and a chart of the last hour
       clawtrace alerts                what is firing now (history, ack, silence, rules: --help)
       clawtrace agent quarantine A    restart, stop, quarantine or release an agent
+      clawtrace policy eval ...       what tool policy decides for a call (check, test, apply)
+      clawtrace approvals             tool calls waiting for a person; approve or reject them
       clawtrace audit                 who restarted, quarantined or silenced what, and why
     """
 

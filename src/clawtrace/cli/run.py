@@ -180,6 +180,28 @@ the credential or the options are wrong, 127/126 when COMMAND cannot be run.
     help="Also print COMMAND's stdout/stderr here.",
 )
 @click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The agent's own directory for tool policy: paths inside it count as the workspace. "
+    "[default: the directory COMMAND runs in]",
+)
+@click.option(
+    "--policy-default",
+    type=click.Choice(["allow", "deny"]),
+    default="allow",
+    show_default=True,
+    help="Decision for tool calls while no policy bundle has reached this node agent "
+    "(none configured for the environment yet). Decisions are recorded either way.",
+)
+@click.option(
+    "--shell-policy/--no-shell-policy",
+    default=False,
+    show_default=True,
+    help="Put sh and bash shims first on COMMAND's PATH (and SHELL): every `sh -c CMD` is checked "
+    "against the tool policy (as tool 'exec') before it runs; a refusal exits 126.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -205,6 +227,9 @@ def run(
     drain_timeout: float,
     reconnect_max: float,
     echo: bool,
+    workspace: Path | None,
+    policy_default: str,
+    shell_policy: bool,
     log_level: str,
     command: tuple[str, ...],
 ) -> None:
@@ -216,6 +241,13 @@ def run(
     the gateway. COMMAND keeps running while the gateway is unreachable; the
     spool is sent when it is back. SIGTERM and SIGINT are passed on to
     COMMAND. Put `--` before COMMAND so its options are not read as ours.
+
+    Tool policy is enforced here, with the environment's bundle from the
+    gateway (kept in the spool directory for restarts): the SDK asks before
+    every tool call, other languages ask with `curl --unix-socket
+    "$CLAWTRACE_SOCKET" http://localhost/v1/authorize -d '{"tool": ...}'`,
+    and --shell-policy checks shell commands. Give the agent its role with
+    --label role=NAME.
     """
     logging.basicConfig(
         level=log_level.upper(),
@@ -223,6 +255,11 @@ def run(
         format=f"clawtrace[{agent}] %(levelname)s %(message)s",
     )
     _check_identity(agent, env_name, region, labels, release)
+    if workspace is not None and not workspace.is_dir():
+        raise click.BadParameter(
+            f"{workspace} is not a directory; create it or point --workspace at the agent's directory",
+            param_hint="--workspace",
+        )
     if backoff_max < backoff_initial:
         raise click.BadParameter(
             f"--backoff-max ({backoff_max:g}) is smaller than --backoff-initial ({backoff_initial:g})",
@@ -252,6 +289,9 @@ def run(
         drain_timeout=max(drain_timeout, 0.0),
         reconnect_max=reconnect_max,
         echo=echo,
+        workspace=str(workspace.resolve()) if workspace is not None else None,
+        policy_default="deny" if policy_default == "deny" else "allow",
+        shell_policy=shell_policy,
     )
     try:
         status = asyncio.run(NodeAgent(config).run())

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -27,6 +27,9 @@ from clawtrace.protocol import (
 )
 from clawtrace.protocol.messages import Ack
 from clawtrace.store import AgentEnvMismatch, AgentInfo
+
+if TYPE_CHECKING:
+    from clawtrace.gateway.policies import PolicyService
 
 log = logging.getLogger("clawtrace.gateway.agents")
 
@@ -59,12 +62,22 @@ class TokenBucket:
 
 
 class AgentConnection:
-    def __init__(self, ws: WebSocket, pipeline: Pipeline, auth: Authenticator, settings: GatewaySettings):
+    def __init__(
+        self,
+        ws: WebSocket,
+        pipeline: Pipeline,
+        auth: Authenticator,
+        settings: GatewaySettings,
+        policies: PolicyService | None = None,
+    ) -> None:
         self.ws = ws
         self.pipeline = pipeline
         self.auth = auth
         self.settings = settings
+        self.policies = policies
         self._send_lock = asyncio.Lock()
+        # Commands for this agent before its welcome went out wait here: nothing precedes the welcome.
+        self._early_commands: list[bytes] | None = []
         self._acks: deque[tuple[asyncio.Future[None] | None, int]] = deque()
         self._ack_wake = asyncio.Event()
         self._closed = False
@@ -95,7 +108,27 @@ class AgentConnection:
         await self.close(CloseCode.REPLACED, "replaced by a newer connection of the same agent")
 
     async def send_command(self, data: bytes) -> None:
+        if self._early_commands is not None:
+            self._early_commands.append(data)
+            return
         await self.send(data)
+
+    async def _welcomed(self, env: str) -> None:
+        """After the welcome: commands that came meanwhile, then the environment's current policy.
+
+        The policy goes last, read now, so that an older bundle among the
+        early commands can never be the last word.
+        """
+        # One hold of the send lock: a command sent meanwhile queues behind all of these.
+        async with self._send_lock:
+            queued, self._early_commands = self._early_commands or [], None
+            command = self.policies.command_for(env) if self.policies is not None else None
+            if command is not None:
+                queued.append(encode(command))
+            for data in queued:
+                if self.ws.application_state != WebSocketState.CONNECTED:
+                    return
+                await self.ws.send_text(data.decode())
 
     async def serve(self) -> None:
         header_token = bearer_token(self.ws.headers)
@@ -145,6 +178,7 @@ class AgentConnection:
                     )
                 )
             )
+            await self._welcomed(hello.env)
             await self._read_events(state)
         except WebSocketDisconnect:
             pass

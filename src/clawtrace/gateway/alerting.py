@@ -64,7 +64,9 @@ def build_alert_engine(
     engine_ref.append(engine)
     engine.restore(store.load_alerts(), store.list_silences(), store.list_agents())
     window = max(alert_settings.budget_window_seconds, alert_settings.give_up_window_seconds)
-    remediator.restore(list(reversed(store.query_audit(since=time.time() - window, limit=100_000))))
+    remediator.restore(
+        list(reversed(store.query_audit(since=time.time() - window, actor_prefix="alert:", limit=100_000)))
+    )
     for env in sorted({w.env for w in engine.watched.values()}):
         rulebook.rules(env)
     pipeline.attach_listeners.append(engine.watch)

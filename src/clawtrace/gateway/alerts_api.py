@@ -22,6 +22,7 @@ from clawtrace.store import Store
 router = APIRouter()
 
 MAX_SILENCE_SECONDS = 90 * 86400.0
+POLICY_DECISIONS = ("allow", "deny", "require_approval")
 
 
 def _engine(request: Request) -> AlertEngine:
@@ -326,11 +327,26 @@ async def audit_log(
     target: str | None = None,
     since: float | None = None,
     limit: int = 200,
+    action: str | None = None,
+    decision: str | None = None,
 ) -> Response:
-    """Who did what to which agent, why, and the result (remediation, commands, silences)."""
+    """Who did what to which agent, why, and the result (remediation, commands, silences, policy).
+
+    ``decision=allow|deny|require_approval`` keeps the policy decisions with that outcome.
+    """
     envs = _envs(credential, env)
     limit = max(1, min(limit, 5_000))
+    if decision is not None:
+        if decision not in POLICY_DECISIONS:
+            raise ApiError(400, "invalid_parameter", f"decision must be one of {', '.join(POLICY_DECISIONS)}")
+        if action not in (None, "policy"):
+            raise ApiError(
+                400, "invalid_parameter", f"decision= only applies to action=policy, not action={action!r}"
+            )
+        action = "policy"
     rows = await run_in_threadpool(
-        lambda: _store(request).query_audit(envs=envs, target=target, since=since, limit=limit)
+        lambda: _store(request).query_audit(
+            envs=envs, target=target, since=since, limit=limit, action=action, result=decision
+        )
     )
     return json_response({"entries": rows})

@@ -28,6 +28,8 @@ from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.live import LiveHub
 from clawtrace.gateway.metrics_api import router as metrics_router
 from clawtrace.gateway.pipeline import Pipeline
+from clawtrace.gateway.policies import PolicyService
+from clawtrace.gateway.policy_api import router as policy_router
 from clawtrace.gateway.redaction import DEFAULT_PATTERNS, Redactor
 from clawtrace.gateway.retention import retention_loop
 from clawtrace.gateway.settings import GatewaySettings
@@ -79,6 +81,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await metrics.start(bus, persist_rollups)
         commands = CommandService(pipeline, writer)
         commands.load()
+        policies = PolicyService(pipeline, writer, commands)
+        policies.load()
+        pipeline.policy_sink = policies.record_decisions
         alerts = None
         if settings.alerts.enabled and settings.metrics_enabled:
             alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)
@@ -96,6 +101,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.metrics = metrics
         app.state.commands = commands
+        app.state.policies = policies
         app.state.alerts = alerts
         app.state.prometheus_collector = collector
         app.state.prometheus_registry = registry_for(collector)
@@ -116,6 +122,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             if alerts is not None:
                 await alerts.close()
             await metrics.close()
+            await policies.drain()
             # Minutes still open are persisted as they stand (a restart must not lose them).
             rows = metrics.flush_all()
             if rows:
@@ -137,12 +144,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(router)
     app.include_router(metrics_router)
     app.include_router(alerts_router)
+    app.include_router(policy_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 
     @app.websocket("/v1/agent")
     async def agent_socket(ws: WebSocket) -> None:
-        connection = AgentConnection(ws, app.state.pipeline, app.state.auth, app.state.settings)
+        connection = AgentConnection(
+            ws, app.state.pipeline, app.state.auth, app.state.settings, app.state.policies
+        )
         await connection.serve()
 
     @app.exception_handler(StarletteHTTPException)

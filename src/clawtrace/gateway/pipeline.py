@@ -1,6 +1,7 @@
 """The ingest pipeline: validate order, dedupe, redact, then store and fan out.
 
 receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -+-> store writer (then acks)
+                                                     |     '-> policy decisions -> audit log, approvals
                                                      +-> bus ``events.<env>.<agent>`` -> live hub, metrics
                                                          (a JSON array of events per message)
 """
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from clawtrace.protocol import (
     Heartbeat,
     Lifecycle,
     Log,
+    PolicyDecision,
     Thought,
     ToolCall,
     ToolResult,
@@ -91,6 +93,9 @@ class Pipeline:
         self.detach_listeners: list[Callable[[str], None]] = []
         # Agents under quarantine (see gateway/commands.py): their welcome says so.
         self.quarantined: dict[str, QuarantineRecord] = {}
+        # Takes the policy decisions of each accepted frame once they are stored
+        # (gateway/policies.py: audit log, approvals); resolves when it is done with them.
+        self.policy_sink: Callable[[AgentInfo, Sequence[PolicyDecision]], asyncio.Future[None]] | None = None
 
     def _lock(self, agent: str) -> asyncio.Lock:
         lock = self._locks.get(agent)
@@ -176,6 +181,7 @@ class Pipeline:
         batch = WriteBatch()
         errors: list[Error] = []
         lines: list[bytes] = []
+        decisions: list[PolicyDecision] = []
         duplicates = 0
         redact = self.redactor.plan(frame)
         redacting = redact.active
@@ -217,8 +223,13 @@ class Pipeline:
                     event.error = redact.text(event.error)
                 if event.output is not None:
                     event.output = redact.value(event.output)
+            elif isinstance(event, PolicyDecision) and event.command is not None:
+                # A denied `curl -H "Authorization: ..."` must not leak through the audit log.
+                event.command = redact.text(event.command)
             event.agent = agent
             event.received = received_at
+            if type(event) is PolicyDecision:
+                decisions.append(event)
             data = encode(event)
             lines.append(data)
             heartbeat = (event.cpu_percent, event.rss_bytes) if isinstance(event, Heartbeat) else None
@@ -235,12 +246,23 @@ class Pipeline:
         write: asyncio.Future[None] | None = None
         if lines:
             write = self.writer.submit(batch)
+            if decisions and self.policy_sink is not None:
+                # The ack then also covers the decisions' audit entries.
+                write = asyncio.ensure_future(self._audit_after(write, state.info, decisions))
             state.last_write = write
             # Fan out at acceptance, in parallel with the store write, so live
             # latency does not include the commit. Should the write fail, the
             # agent resends and viewers may see those events twice (by seq).
             self._publish(events_subject(state.info.env, agent), b"[" + b",".join(lines) + b"]")
         return IngestResult(write, errors, last_seen, len(lines), duplicates)
+
+    async def _audit_after(
+        self, write: asyncio.Future[None], info: AgentInfo, decisions: list[PolicyDecision]
+    ) -> None:
+        # Only once the events are stored: a failed write is resent, and audited then.
+        await write
+        assert self.policy_sink is not None
+        await self.policy_sink(info, decisions)
 
     def _publish(self, subject: str, payload: bytes) -> None:
         task = asyncio.ensure_future(self.bus.publish(subject, payload))

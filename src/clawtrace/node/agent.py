@@ -4,6 +4,11 @@ Everything the child says (stdout, stderr, SDK events) and everything that
 happens to it (started, exited, restarting, stopped, heartbeats) becomes an
 event, is written to the spool, and is sent by the ``UplinkClient`` whenever
 the gateway is reachable. The child never waits for the gateway.
+
+It is also the agent's policy enforcement point (``NodePolicy``): the SDK,
+the shell shim and HTTP clients ask it on the local socket before a tool
+call runs, it decides with the last bundle the gateway sent, and streams
+every decision as a ``policy`` event.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from typing import Any, Final, TypeVar
 import msgspec
 import psutil
 
+from clawtrace.node import shim
 from clawtrace.node.local import SOCKET_ENV, LocalServer
+from clawtrace.node.policy import AuthorizeRequest, DefaultVerdict, NodePolicy, Ruling, bundle_from_payload
 from clawtrace.node.spool import Spool
 from clawtrace.node.supervisor import (
     Backoff,
@@ -36,6 +43,8 @@ from clawtrace.node.supervisor import (
     Stream,
     Supervisor,
 )
+from clawtrace.policy.bundle import PolicyError
+from clawtrace.policy.engine import AgentIdentity
 from clawtrace.protocol.client import RefusedError, UplinkClient
 from clawtrace.protocol.messages import (
     Command,
@@ -45,6 +54,9 @@ from clawtrace.protocol.messages import (
     Hello,
     Lifecycle,
     Log,
+    PolicyDecision,
+    ToolCall,
+    ToolResult,
     Welcome,
     utc_now,
 )
@@ -53,6 +65,10 @@ log = logging.getLogger("clawtrace.node.agent")
 
 SESSION_ENV: Final = "CLAWTRACE_SESSION"
 AGENT_ENV: Final = "CLAWTRACE_AGENT"
+# Tells the SDK to ask before every tool call (the value is "enforce").
+POLICY_ENV: Final = "CLAWTRACE_POLICY"
+ROLE_LABEL: Final = "role"
+SHIM_DIR: Final = "shell-shims"
 # Secrets of the node agent that the supervised (and possibly misbehaving)
 # agent process has no business reading.
 SCRUBBED_ENV: Final = ("CLAWTRACE_TOKEN",)
@@ -97,6 +113,12 @@ class NodeConfig:
     reconnect_max: float = 10.0
     echo: bool = True
     cwd: str | None = None
+    # Paths inside it count as the agent's own (default: the child's cwd).
+    workspace: str | None = None
+    # Decision when no bundle has arrived yet.
+    policy_default: DefaultVerdict = "allow"
+    # Put the sh/bash shims first on the child's PATH.
+    shell_policy: bool = False
 
 
 class GatewayRefused(Exception):
@@ -190,13 +212,32 @@ class NodeAgent:
         self.spool: Spool | None = None
         self.client: UplinkClient | None = None
         self.supervisor: Supervisor | None = None
-        self.local = LocalServer(self._on_sdk_messages, prefer_dir=str(config.spool_dir))
         self._usage = _Usage()
         self._echo = config.echo
         self._seen_commands: deque[str] = deque(maxlen=256)
         # Set by a quarantine command, kept across restarts of the node agent
         # until released: {"since": ..., "reason": ...}.
         self.quarantine: dict[str, Any] | None = self._load_quarantine()
+        self._base_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        identity = AgentIdentity(
+            agent=config.agent,
+            env=config.env,
+            role=config.labels.get(ROLE_LABEL) or "default",
+            region=config.region,
+        )
+        self.policy = NodePolicy(
+            identity,
+            spool_dir=config.spool_dir,
+            workspace=config.workspace or config.cwd or os.getcwd(),
+            home=os.environ.get("HOME", ""),
+            env=self._base_env,
+            default=config.policy_default,
+            record=self._record_ruling,
+        )
+        if self.quarantine is not None:
+            self.policy.set_quarantine(str(self.quarantine.get("reason") or "quarantined"))
+        self.local = LocalServer(self._on_sdk_messages, prefer_dir=str(config.spool_dir), policy=self.policy)
+        self.shims: shim.ShellShims | None = None
         self.sdk_rejected = 0
         self.events_dropped = 0
         self._draining = False
@@ -292,12 +333,15 @@ class NodeAgent:
 
     def _child_env(self) -> Mapping[str, str]:
         self.session = str(uuid.uuid4())
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        env = dict(self._base_env)
         # A Python child writing to a pipe would otherwise buffer its output
         # in 8 KiB blocks and its lines would arrive late.
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.local.path is not None:
             env[SOCKET_ENV] = self.local.path
+            env[POLICY_ENV] = "enforce"
+        if self.shims is not None:
+            env.update(self.shims.child_env(env))
         env[SESSION_ENV] = self.session
         env[AGENT_ENV] = self.config.agent
         return env
@@ -356,6 +400,12 @@ class NodeAgent:
         if command.action in ("quarantine", "release"):
             self._set_quarantine(command.action == "quarantine", why)
             return
+        if command.action == "policy":
+            self._apply_policy(command.payload, why)
+            return
+        if command.action == "approval":
+            self._on_approval(command.payload, why)
+            return
         if supervisor is None:
             return
         if command.action == "restart":
@@ -388,17 +438,129 @@ class NodeAgent:
         if on == (self.quarantine is not None):
             return  # told again on reconnect: nothing changes
         if on:
-            log.warning("agent quarantined (%s): its tool calls are to be denied until released", why)
+            log.warning("agent quarantined (%s): its tool calls are denied until released", why)
             self.quarantine = {"since": time.time(), "reason": why}
             with contextlib.suppress(OSError):
                 path.write_text(json.dumps(self.quarantine))
+            # The lifecycle event goes first: pending approvals it denies follow it.
             self.emit([self._stamp(Lifecycle, state="quarantined", reason=why)])
+            self.policy.set_quarantine(why)
         else:
             log.warning("quarantine released (%s)", why)
             self.quarantine = None
+            self.policy.set_quarantine(None)
             with contextlib.suppress(OSError):
                 path.unlink()
             self.emit([self._stamp(Lifecycle, state="released", reason=why)])
+
+    # --- tool policy --------------------------------------------------------------
+
+    def _apply_policy(self, payload: Mapping[str, Any], why: str) -> None:
+        previous = self.policy.version
+        version = "(not a bundle)"
+        try:
+            bundle = bundle_from_payload(payload)
+            version = bundle.version
+            if bundle.version == previous and bundle.env == self.config.env:
+                # The gateway sends its bundle on every connect: the same version changes nothing.
+                log.debug("policy bundle %s is already in force (%s)", previous, why)
+                return
+            self.policy.apply(bundle)
+        except PolicyError as exc:
+            keeping = f"keeping bundle {previous}" if previous else "no bundle is in force yet"
+            problems = "; ".join(exc.problems)
+            log.error("refused policy bundle %s (%s): %s; %s", version, why, problems, keeping)
+            line = f"clawtrace: policy bundle {version} refused, {keeping}: {problems}"
+            self.emit([self._stamp(Log, stream="stderr", line=line)])
+            return
+        log.info(
+            "policy bundle %s for env %s in force (was %s; %s)", version, bundle.env, previous or "none", why
+        )
+
+    def _load_saved_policy(self) -> None:
+        try:
+            bundle = self.policy.load_saved()
+        except PolicyError as exc:
+            problems = "; ".join(exc.problems)
+            fallback = (
+                f"deciding with --policy-default {self.policy.default} until the gateway sends a bundle"
+            )
+            log.error("cannot use the saved policy bundle: %s; %s", problems, fallback)
+            line = f"clawtrace: saved policy bundle refused, {fallback}: {problems}"
+            self.emit([self._stamp(Log, stream="stderr", line=line)])
+            return
+        if bundle is not None:
+            log.info("policy bundle %s (saved by an earlier run) in force", bundle.version)
+
+    def _on_approval(self, payload: Mapping[str, Any], why: str) -> None:
+        approval_id = payload.get("approval_id")
+        approved = payload.get("approved")
+        if not isinstance(approval_id, str) or not isinstance(approved, bool):
+            log.warning(
+                "ignoring %s: the payload must be %s",
+                why,
+                '{"approval_id": str, "approved": bool, "by": str, "reason": str}',
+            )
+            return
+        by = payload.get("by")
+        reason = payload.get("reason")
+        final = self.policy.resolve(
+            approval_id,
+            approved=approved,
+            by=by if isinstance(by, str) and by else "unknown",
+            reason=reason if isinstance(reason, str) else "",
+        )
+        if final is None:
+            log.warning(
+                "ignoring %s: approval %s is not pending here (already decided, timed out, or from before "
+                "this node agent started)",
+                why,
+                approval_id,
+            )
+        else:
+            log.info("approval %s: %s (%s)", approval_id, final.decision, final.reason)
+
+    def _record_ruling(self, ruling: Ruling, request: AuthorizeRequest) -> None:
+        """A decision as events: the policy event, and for a reported call its tool_call and refusal."""
+        events: list[Event] = []
+        reported = request.report and ruling.call_id is not None
+        if reported and ruling.decided_by is None:
+            call = self._stamp(ToolCall, call_id=ruling.call_id, tool=ruling.tool, args=request.args)
+            ts = _parse_ts(request.ts)
+            events.append(msgspec.structs.replace(call, ts=ts) if ts is not None else call)
+        events.append(
+            self._stamp(
+                PolicyDecision,
+                decision=ruling.decision,
+                tool=ruling.tool,
+                rule=ruling.rule,
+                reason=ruling.reason,
+                call_id=ruling.call_id,
+                command=ruling.command or None,
+                policy_version=ruling.policy_version,
+                approval_id=ruling.approval_id,
+                decided_by=ruling.decided_by,
+            )
+        )
+        if reported and ruling.decision == "deny":
+            started = _parse_ts(request.ts)
+            waited = (utc_now() - started).total_seconds() * 1000 if started is not None else 0.0
+            error = (
+                f"denied by policy: {ruling.rule}: {ruling.reason}"
+                if ruling.rule
+                else f"denied by policy: {ruling.reason}"
+            )
+            events.append(
+                self._stamp(
+                    ToolResult,
+                    call_id=ruling.call_id,
+                    ok=False,
+                    duration_ms=round(max(waited, 0.0), 3),
+                    error=error,
+                )
+            )
+        bounded = [bound_event(event) for event in events]
+        self.emit([event for event in bounded if event is not None])
 
     # --- loops ----------------------------------------------------------------
 
@@ -463,7 +625,17 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         try:
             self._reap_orphan()
-            await self.local.start()
+            self._load_saved_policy()
+            socket_path = await self.local.start()
+            if cfg.shell_policy:
+                self.shims = shim.install(
+                    cfg.spool_dir / SHIM_DIR, socket_path, path=self._base_env.get("PATH", os.defpath)
+                )
+                log.info(
+                    "shell shims for %s in %s",
+                    ", ".join(self.shims.shells) or "no shell",
+                    self.shims.directory,
+                )
             hello = Hello(
                 agent=cfg.agent, env=cfg.env, region=cfg.region, labels=cfg.labels, release=cfg.release
             )
@@ -513,6 +685,8 @@ class NodeAgent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # Still-pending approvals are denied (and recorded) while the spool is open.
+            self.policy.close()
             if self.client is not None:
                 with contextlib.suppress(Exception):
                     await self.client.close()

@@ -87,10 +87,21 @@ class Lifecycle(Envelope, tag="lifecycle"):
 
 
 class PolicyDecision(Envelope, tag="policy"):
+    """A tool call's policy decision, from the enforcement point that made it (audit)."""
+
     decision: Literal["allow", "deny", "require_approval"]
     tool: Identifier
     rule: str | None = None
     reason: str | None = None
+    # The tool call it is about (the SDK's call_id), the shell command a
+    # decision on a shell tool is about, and the bundle version that decided.
+    call_id: str | None = None
+    command: str | None = None
+    policy_version: str | None = None
+    # For require_approval: the approval's id; for the decision that follows
+    # it, who approved or rejected (or "timeout").
+    approval_id: str | None = None
+    decided_by: str | None = None
 
 
 Event = Log | Thought | LlmCall | ToolCall | ToolResult | Heartbeat | Lifecycle | PolicyDecision
@@ -154,7 +165,9 @@ class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
     line: int | None = None
 
 
-CommandAction = Literal["restart", "stop", "quarantine", "release", "policy"]
+# policy: payload is a policy bundle (clawtrace.policy.PolicyBundle as JSON);
+# approval: payload {"approval_id", "approved": bool, "by", "reason"}.
+CommandAction = Literal["restart", "stop", "quarantine", "release", "policy", "approval"]
 
 
 class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True, omit_defaults=True):

@@ -41,6 +41,42 @@ class QuarantineRecord(msgspec.Struct, kw_only=True):
     actor: str
 
 
+class PolicyRecord(msgspec.Struct, kw_only=True):
+    """One activation of an environment's policy bundle (an apply or a rollback)."""
+
+    env: str
+    version: str
+    # clawtrace.policy.PolicyBundle as JSON (kept opaque here: the store does not compile policies).
+    bundle: str
+    applied_by: str
+    applied_at: float
+    action: str = "apply"
+    active: bool = False
+
+
+APPROVAL_STATES = ("pending", "approved", "rejected", "expired")
+
+
+class ApprovalRecord(msgspec.Struct, kw_only=True):
+    """A tool call waiting for a person (a require_approval decision)."""
+
+    id: str
+    agent: str
+    env: str
+    tool: str
+    command: str = ""
+    rule: str = ""
+    reason: str = ""
+    call_id: str | None = None
+    policy_version: str | None = None
+    created: float
+    expires: float
+    state: str = "pending"
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision_reason: str | None = None
+
+
 class SessionRecord(msgspec.Struct, kw_only=True):
     agent: str
     session: str
@@ -317,8 +353,11 @@ class Store(abc.ABC):
         target: str | None = None,
         since: float | None = None,
         limit: int = 500,
+        action: str | None = None,
+        result: str | None = None,
+        actor_prefix: str | None = None,
     ) -> list[AuditEntry]:
-        """Newest first."""
+        """Newest first. ``actor_prefix`` ("alert:") keeps, say, remediation apart from policy decisions."""
 
     @abc.abstractmethod
     def set_quarantine(self, record: QuarantineRecord) -> None: ...
@@ -328,6 +367,58 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_quarantines(self) -> list[QuarantineRecord]: ...
+
+    # --- tool policy -----------------------------------------------------
+    @abc.abstractmethod
+    def activate_policy(self, record: PolicyRecord) -> None:
+        """Append ``record`` to its environment's history as the one active bundle."""
+
+    @abc.abstractmethod
+    def active_policies(self) -> list[PolicyRecord]:
+        """The active bundle of every environment that has one."""
+
+    @abc.abstractmethod
+    def policy_history(self, env: str, limit: int = 100) -> list[PolicyRecord]:
+        """Activations of ``env``, newest first."""
+
+    @abc.abstractmethod
+    def find_policy(self, env: str, version: str) -> PolicyRecord | None:
+        """The latest activation of ``version`` in ``env``."""
+
+    @abc.abstractmethod
+    def add_approvals(self, approvals: Sequence[ApprovalRecord]) -> None:
+        """Insert pending approvals; an id that already exists is left as it is (a resend)."""
+
+    @abc.abstractmethod
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    @abc.abstractmethod
+    def list_approvals(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        state: str | None = None,
+        agent: str | None = None,
+        limit: int = 500,
+    ) -> list[ApprovalRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def decide_approval(
+        self,
+        approval_id: str,
+        state: str,
+        decided_by: str | None,
+        decided_at: float | None,
+        reason: str | None = None,
+        *,
+        from_state: str = "pending",
+    ) -> bool:
+        """Move an approval from ``from_state`` to ``state``; False if it was not in ``from_state``."""
+
+    @abc.abstractmethod
+    def expire_approvals(self, now: float) -> int:
+        """Mark pending approvals whose time is up as expired; returns how many."""
 
 
 def labels_json(labels: dict[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""Control-plane tables (alerts, silences, audit, quarantines) through SQLAlchemy Core.
+"""Control-plane tables (alerts, silences, audit, quarantines, policies, approvals) through SQLAlchemy Core.
 
 Written once for every backend: these tables see a few writes per second
 at most, so portability matters more than the last microsecond.
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from clawtrace.alerts.model import Alert, AuditEntry, Silence, Transition
 from clawtrace.store import schema
-from clawtrace.store.base import QuarantineRecord
+from clawtrace.store.base import ApprovalRecord, PolicyRecord, QuarantineRecord
 
 _alert_decoder = msgspec.json.Decoder(Alert)
 
@@ -149,6 +149,9 @@ class CoreControlTables:
         target: str | None = None,
         since: float | None = None,
         limit: int = 500,
+        action: str | None = None,
+        result: str | None = None,
+        actor_prefix: str | None = None,
     ) -> list[AuditEntry]:
         table = schema.audit
         query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
@@ -158,6 +161,12 @@ class CoreControlTables:
             query = query.where(table.c.target == target)
         if since is not None:
             query = query.where(table.c.ts >= since)
+        if action is not None:
+            query = query.where(table.c.action == action)
+        if result is not None:
+            query = query.where(table.c.result == result)
+        if actor_prefix is not None:
+            query = query.where(table.c.actor.startswith(actor_prefix, autoescape=True))
         with self.engine.connect() as c:
             rows = c.execute(query).all()
         return [
@@ -192,6 +201,143 @@ class CoreControlTables:
             QuarantineRecord(agent=r.agent, env=r.env, since=r.since, reason=r.reason, actor=r.actor)
             for r in rows
         ]
+
+    # --- tool policy -----------------------------------------------------
+
+    def activate_policy(self, record: PolicyRecord) -> None:
+        table = schema.policy_bundles
+        row = msgspec.structs.asdict(record)
+        row["active"] = True
+        with self.engine.begin() as c:
+            c.execute(table.update().where(table.c.env == record.env, table.c.active).values(active=False))
+            c.execute(table.insert().values(**row))
+
+    def active_policies(self) -> list[PolicyRecord]:
+        table = schema.policy_bundles
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(table).where(table.c.active).order_by(table.c.env)).all()
+        return [_policy(row) for row in rows]
+
+    def policy_history(self, env: str, limit: int = 100) -> list[PolicyRecord]:
+        table = schema.policy_bundles
+        query = sa.select(table).where(table.c.env == env).order_by(table.c.id.desc()).limit(limit)
+        with self.engine.connect() as c:
+            return [_policy(row) for row in c.execute(query).all()]
+
+    def find_policy(self, env: str, version: str) -> PolicyRecord | None:
+        table = schema.policy_bundles
+        query = (
+            sa.select(table)
+            .where(table.c.env == env, table.c.version == version)
+            .order_by(table.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as c:
+            row = c.execute(query).first()
+        return None if row is None else _policy(row)
+
+    def add_approvals(self, approvals: Sequence[ApprovalRecord]) -> None:
+        if not approvals:
+            return
+        table = schema.approvals
+        with self.engine.begin() as c:
+            known = set(
+                c.execute(sa.select(table.c.id).where(table.c.id.in_([a.id for a in approvals]))).scalars()
+            )
+            rows = []
+            for approval in approvals:
+                if approval.id not in known:
+                    known.add(approval.id)
+                    rows.append(msgspec.structs.asdict(approval))
+            if rows:
+                c.execute(table.insert(), rows)
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        table = schema.approvals
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(table).where(table.c.id == approval_id)).first()
+        return None if row is None else _approval(row)
+
+    def list_approvals(
+        self,
+        *,
+        envs: Sequence[str] | None = None,
+        state: str | None = None,
+        agent: str | None = None,
+        limit: int = 500,
+    ) -> list[ApprovalRecord]:
+        table = schema.approvals
+        query = sa.select(table).order_by(table.c.created.desc()).limit(limit)
+        if envs is not None:
+            query = query.where(table.c.env.in_(list(envs)))
+        if state is not None:
+            query = query.where(table.c.state == state)
+        if agent is not None:
+            query = query.where(table.c.agent == agent)
+        with self.engine.connect() as c:
+            return [_approval(row) for row in c.execute(query).all()]
+
+    def decide_approval(
+        self,
+        approval_id: str,
+        state: str,
+        decided_by: str | None,
+        decided_at: float | None,
+        reason: str | None = None,
+        *,
+        from_state: str = "pending",
+    ) -> bool:
+        table = schema.approvals
+        # Conditional on the current state, so two people approving at once cannot both win.
+        statement = (
+            table.update()
+            .where(table.c.id == approval_id, table.c.state == from_state)
+            .values(state=state, decided_by=decided_by, decided_at=decided_at, decision_reason=reason)
+        )
+        with self.engine.begin() as c:
+            return bool(c.execute(statement).rowcount)
+
+    def expire_approvals(self, now: float) -> int:
+        table = schema.approvals
+        statement = (
+            table.update()
+            .where(table.c.state == "pending", table.c.expires <= now)
+            .values(state="expired", decided_by="timeout", decided_at=table.c.expires)
+        )
+        with self.engine.begin() as c:
+            return int(c.execute(statement).rowcount)
+
+
+def _policy(row: Any) -> PolicyRecord:
+    return PolicyRecord(
+        env=row.env,
+        version=row.version,
+        bundle=row.bundle,
+        applied_by=row.applied_by,
+        applied_at=row.applied_at,
+        action=row.action,
+        active=bool(row.active),
+    )
+
+
+def _approval(row: Any) -> ApprovalRecord:
+    return ApprovalRecord(
+        id=row.id,
+        agent=row.agent,
+        env=row.env,
+        tool=row.tool,
+        command=row.command,
+        rule=row.rule,
+        reason=row.reason,
+        call_id=row.call_id,
+        policy_version=row.policy_version,
+        created=row.created,
+        expires=row.expires,
+        state=row.state,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+        decision_reason=row.decision_reason,
+    )
 
 
 def _silence(row: Any) -> Silence:

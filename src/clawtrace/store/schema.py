@@ -144,6 +144,8 @@ audit = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_audit_ts", "ts"),
     sa.Index("ix_audit_target", "target", "ts"),
+    # Policy decisions make "policy" by far the most common action: filtering by it must not scan.
+    sa.Index("ix_audit_action", "action", "ts"),
 )
 
 quarantines = sa.Table(
@@ -154,4 +156,48 @@ quarantines = sa.Table(
     sa.Column("since", sa.Float, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("actor", sa.Text, nullable=False),
+)
+
+# --- tool policy (clawtrace.policy) ---------------------------------------
+
+policy_bundles = sa.Table(
+    "policy_bundles",
+    metadata,
+    # One row per activation (an apply or a rollback), never updated but for
+    # ``active``: the history of what was in force when, and who put it there.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    # The PolicyBundle as JSON, exactly what node agents are sent.
+    sa.Column("bundle", sa.Text, nullable=False),
+    sa.Column("applied_by", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+    # "apply" or "rollback".
+    sa.Column("action", sa.Text, nullable=False, server_default="apply"),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_policy_bundles_env", "env", "id"),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    # The id the enforcement point chose (PolicyDecision.approval_id).
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("agent", sa.Text, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("tool", sa.Text, nullable=False),
+    sa.Column("command", sa.Text, nullable=False, server_default=""),
+    sa.Column("rule", sa.Text, nullable=False, server_default=""),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("call_id", sa.Text, nullable=True),
+    sa.Column("policy_version", sa.Text, nullable=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    # pending | approved | rejected | expired
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("decided_by", sa.Text, nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),
+    sa.Column("decision_reason", sa.Text, nullable=True),
+    sa.Index("ix_approvals_state", "state", "env"),
+    sa.Index("ix_approvals_created", "created"),
 )
