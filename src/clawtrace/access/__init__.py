@@ -1,13 +1,14 @@
-"""Who may do what: API credentials and roles."""
+"""Who may do what: API credentials and roles (decided by Cedar, see rbac.py)."""
 
+from clawtrace.access.audit import RefusalAudit
+from clawtrace.access.rbac import ALL_ENVS, ROLES, RbacPolicyError
 from clawtrace.access.tokens import (
-    ALL_ENVS,
-    ROLES,
     SESSION_COOKIE,
     Authenticator,
     AuthError,
     Credential,
     PermissionDenied,
+    RefusalHook,
     create_token,
 )
 
@@ -19,5 +20,8 @@ __all__ = [
     "Authenticator",
     "Credential",
     "PermissionDenied",
+    "RbacPolicyError",
+    "RefusalAudit",
+    "RefusalHook",
     "create_token",
 ]

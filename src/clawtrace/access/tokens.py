@@ -1,23 +1,33 @@
-"""API credentials: creation, hashing, verification, and what a role may do."""
+"""API credentials: creation, hashing, verification, and what a role may do.
+
+What a role may do is decided by Cedar (``rbac.py``, ``people.cedar``); this
+module keeps the small API the gateway, console and CLI call.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import shlex
 import time
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, NoReturn
 
+from clawtrace.access.rbac import ACTION_FOR_ROLE, INGEST, Person
+from clawtrace.access.rbac import ALL_ENVS as ALL_ENVS
+from clawtrace.access.rbac import ROLES as ROLES
 from clawtrace.store import Store, TokenRecord
 
-ALL_ENVS: Final = "*"
-ROLES: Final = ("agent", "viewer", "operator", "admin")
-# People's roles are ordered; ``agent`` may only send events.
-_PEOPLE_RANK: Final = {"viewer": 1, "operator": 2, "admin": 3}
+log = logging.getLogger("clawtrace.access")
+
 _PREFIX: Final = "ct_"
 # The console keeps the credential a person logged in with in this HttpOnly cookie.
 SESSION_COOKIE: Final = "clawtrace_token"
+# ``require_ingest`` reports this as the needed role.
+INGEST_ROLE: Final = "agent"
 
 
 class AuthError(Exception):
@@ -28,36 +38,88 @@ class PermissionDenied(Exception):
     """A valid credential that does not allow the operation."""
 
 
+# (credential, needed role, environment or None, the message the caller gets).
+RefusalHook = Callable[["Credential", str, str | None, str], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Credential:
     id: str
     env: str
     role: str
     name: str
+    # Told about every refusal of ``require`` / ``require_ingest`` (the gateway audits them).
+    on_refusal: RefusalHook | None = field(default=None, kw_only=True, repr=False, compare=False)
+    _person: Person = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_person", Person(self.id, self.role, self.env))
 
     def covers_env(self, env: str) -> bool:
+        """Whether ``env`` is within the credential's scope (whatever its role)."""
         return self.env in (ALL_ENVS, env)
 
     def may_ingest(self, env: str) -> bool:
-        return self.role in ("agent", "admin") and self.covers_env(env)
+        """Whether it may send events for ``env`` (agent and admin credentials; never env "*")."""
+        return self._person.may(INGEST, env)
 
     def has_role(self, needed: str, env: str | None = None) -> bool:
         """At least ``needed`` (viewer < operator < admin), in ``env`` if given."""
-        if _PEOPLE_RANK.get(self.role, 0) < _PEOPLE_RANK[needed]:
-            return False
-        return env is None or self.covers_env(env)
+        action = ACTION_FOR_ROLE.get(needed)
+        if action is None:
+            raise ValueError(f"unknown role {needed!r}: needed roles are {', '.join(ACTION_FOR_ROLE)}")
+        # Without an environment the question is "anywhere": the credential's own scope.
+        return self._person.may(action, self.env if env is None else env)
 
     def readable_envs(self) -> list[str] | None:
         """Environments whose data this credential may read; None means all."""
         return None if self.env == ALL_ENVS else [self.env]
 
     def require(self, needed: str, env: str | None = None) -> None:
+        """Raise PermissionDenied (and tell ``on_refusal``) unless ``has_role(needed, env)``."""
         if not self.has_role(needed, env):
-            where = f" in environment {env!r}" if env else ""
-            raise PermissionDenied(
-                f"this credential ({self.role} for {self.env!r}) cannot do this: "
-                f"it needs the {needed} role{where}"
-            )
+            self._refuse(needed, env, self._refusal_message(needed, env))
+
+    def require_ingest(self, env: str) -> None:
+        """Raise PermissionDenied (and tell ``on_refusal``) unless ``may_ingest(env)``."""
+        if self.may_ingest(env):
+            return
+        if env == ALL_ENVS:
+            how = "events belong to one environment: name it (the hello's env, or ?env= on a post)"
+        else:
+            command = f"clawtrace token create --env {shlex.quote(env)} --role agent"
+            how = f"create an agent token for it (`{command}`)"
+        self._refuse(
+            INGEST_ROLE, env, f"{self._describe()} may not send events for environment {env!r}: {how}"
+        )
+
+    def _describe(self) -> str:
+        named = f"{self.name!r}, " if self.name else ""
+        return f"credential {self.id} ({named}{self.role} for {self.env!r})"
+
+    def _refusal_message(self, needed: str, env: str | None) -> str:
+        where = ""
+        if env == ALL_ENVS:
+            where = " in every environment ('*')"
+        elif env:
+            where = f" in environment {env!r}"
+        target = env or self.env
+        article = "an" if needed[0] in "aeiou" else "a"
+        why = "; agent credentials may only send events" if self.role == "agent" else ""
+        return (
+            f"{self._describe()} cannot do this: it needs the {needed} role{where}{why}. "
+            f"Use {article} {needed} token for {target!r} (an admin creates one with "
+            f"`clawtrace token create --env {shlex.quote(target)} --role {needed}`)"
+        )
+
+    def _refuse(self, needed: str, env: str | None, message: str) -> NoReturn:
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(self, needed, env, message)
+            except Exception:
+                # A broken audit must not turn a refusal into a 500; the refusal stands.
+                log.exception("recording the refusal of credential %s failed", self.id)
+        raise PermissionDenied(message)
 
 
 def _hash(secret: str) -> str:
@@ -101,14 +163,23 @@ def parse_token(plain: str) -> tuple[str, str]:
 class Authenticator:
     """Verifies credentials against the store, caching briefly.
 
-    The cache keeps 1,000 reconnecting agents from costing 1,000 store reads;
-    a revocation takes effect within ``cache_seconds``.
+    The cache keeps 1,000 reconnecting agents from costing 1,000 store reads
+    (and Cedar entity parses); a revocation takes effect within ``cache_seconds``.
+    ``on_refusal`` is told about every refusal of a credential it returned,
+    including credentials returned before it was set.
     """
 
-    def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, cache_seconds: float = 5.0, on_refusal: RefusalHook | None = None
+    ) -> None:
         self.store = store
         self.cache_seconds = cache_seconds
+        self.on_refusal = on_refusal
         self._cache: dict[str, tuple[float, Credential]] = {}
+
+    def _refused(self, credential: Credential, needed: str, env: str | None, message: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(credential, needed, env, message)
 
     def authenticate(self, plain: str | None) -> Credential:
         if not plain:
@@ -121,11 +192,17 @@ class Authenticator:
         record = self.store.get_token(token_id)
         if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
             raise AuthError("unknown credential: create one with `clawtrace token create`")
+        renew = "create a new one with `clawtrace token create`"
         if record.revoked is not None:
-            raise AuthError(f"credential {token_id} was revoked")
+            raise AuthError(f"credential {token_id} was revoked: {renew}")
         if record.expires is not None and record.expires <= now:
-            raise AuthError(f"credential {token_id} has expired")
-        credential = Credential(id=record.id, env=record.env, role=record.role, name=record.name)
+            raise AuthError(f"credential {token_id} has expired: {renew}")
+        try:
+            credential = Credential(
+                id=record.id, env=record.env, role=record.role, name=record.name, on_refusal=self._refused
+            )
+        except ValueError as exc:  # a role this version does not know
+            raise AuthError(str(exc)) from None
         expiry = now + self.cache_seconds
         if record.expires is not None:
             expiry = min(expiry, record.expires)
