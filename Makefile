@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-metrics bench-alerts lint
+.PHONY: demo test bench bench-metrics bench-alerts bench-policy lint
 
 demo:  ## gateway + console + 50 simulated agents (Ctrl-C stops)
 	scripts/demo.sh
@@ -17,6 +17,10 @@ bench-metrics:  ## the metrics benchmark (issue 3 targets); see bench/README.md
 bench-alerts:  ## the alerts benchmark (issue 4 targets); see bench/README.md
 	scripts/bootstrap.sh test
 	.venv/bin/python bench/alerts.py
+
+bench-policy:  ## the policy benchmark (issue 5 targets); see bench/README.md
+	scripts/bootstrap.sh test
+	.venv/bin/python bench/policy.py
 
 lint:
 	.venv/bin/ruff check src tests bench

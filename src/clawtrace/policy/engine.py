@@ -21,6 +21,11 @@ from clawtrace.policy.shell import CommandFact, ShellFacts, normalise
 Verdict = Literal["allow", "deny", "require_approval"]
 NAMESPACE = "ClawTrace"
 QUARANTINE_RULE = "quarantine"
+# Cedar's answers per (action, resource, context), reused: agents run the same
+# commands over and over, and a Cedar call is most of a decision's cost.
+ANSWER_CACHE_SIZE = 4096
+# (action, resource uid, context)
+Request = tuple[str, dict[str, str], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,15 @@ class PolicyEngine:
         }
         self._entities = cedarpy.Entities.from_json_str(json.dumps([entity]))
         self._roots = (self.workspace,) if self.workspace else ()
+        self._answers: dict[tuple[str, str, str], tuple[bool, tuple[PolicyInfo, ...]]] = {}
 
     @property
     def version(self) -> str:
         return self.compiled.bundle.version
+
+    def forget_answers(self) -> None:
+        """Drop the cached Cedar answers (benchmarks measure first-seen commands this way)."""
+        self._answers.clear()
 
     def decide(self, tool: str, args: Mapping[str, Any] | None = None, cwd: str | None = None) -> Decision:
         if self.quarantine is not None:
@@ -96,34 +106,32 @@ class PolicyEngine:
         command = args.get(shell_arg) if shell_arg else None
         shell = isinstance(command, str)
         text = command if isinstance(command, str) else ""
-        verdict = self._ask("tool", _uid("Tool", tool), {"shell": shell, "command": text}, tool)
-        if verdict.decision == "deny" or not shell:
-            return verdict
+        tool_request: Request = ("tool", _uid("Tool", tool), {"shell": shell, "command": text})
+        if not shell:
+            return self._decisions([tool_request], tool)[0]
         facts = normalise(text, cwd=cwd or self.workspace, home=self.home, env=self.env)
         if facts.error is not None:
+            verdict = self._decisions([tool_request], tool)[0]
+            if verdict.decision == "deny":
+                return verdict
             context = {"command": text, "error": facts.error}
             # Fail closed: only a policy that names the "unparsed" action can let such a
             # command through (a blanket `permit (principal, action, resource)` does not).
-            unparsed = self._ask("unparsed", _uid("Tool", tool), context, tool, text, facts, only_named=True)
+            [unparsed] = self._decisions(
+                [("unparsed", _uid("Tool", tool), context)], tool, text, facts, only_named=True
+            )
             if unparsed.decision == "deny" and unparsed.rule is None:
                 reason = f"the command does not parse ({facts.error}), so it is refused"
                 return Decision("deny", tool, None, reason, text, facts)
             return unparsed
-        decisions = [verdict]
+        requests = [tool_request]
         for fact in facts.commands:
-            decisions.append(
-                self._ask(
-                    "exec",
-                    _uid("Program", fact.program),
-                    self._exec_context(tool, text, fact),
-                    tool,
-                    text,
-                    facts,
-                )
-            )
+            requests.append(("exec", _uid("Program", fact.program), self._exec_context(tool, text, fact)))
             for host in fact.hosts:
-                context = {"tool": tool, "program": fact.program}
-                decisions.append(self._ask("connect", _uid("Host", host), context, tool, text, facts))
+                requests.append(("connect", _uid("Host", host), {"tool": tool, "program": fact.program}))
+        # One call into Cedar for the tool and every command and host it would touch.
+        decisions = self._decisions(requests, tool, text, facts)
+        verdict = decisions[0]
         # A forbid that matched says more than "nothing permitted cd": report it first.
         denies = [d for d in decisions if d.decision == "deny"]
         if denies:
@@ -152,32 +160,59 @@ class PolicyEngine:
             "via": list(fact.via),
         }
 
-    def _ask(
+    def _decisions(
         self,
-        action: str,
-        resource: dict[str, str],
-        context: dict[str, Any],
+        requests: list[Request],
         tool: str,
         command: str = "",
         facts: ShellFacts | None = None,
         only_named: bool = False,
+    ) -> list[Decision]:
+        """A decision per request; ``only_named``: permits count only if their scope names the action."""
+        keys = [(action, resource["id"], json.dumps(context)) for action, resource, context in requests]
+        missing = [n for n, key in enumerate(keys) if key not in self._answers]
+        if missing:
+            batch = [
+                {
+                    "principal": self._principal,
+                    "action": _uid("Action", requests[n][0]),
+                    "resource": requests[n][1],
+                    "context": keys[n][2],
+                }
+                for n in missing
+            ]
+            results = cedarpy.is_authorized_batch(batch, self.compiled.policy_set, self._entities)
+            if len(self._answers) + len(missing) > ANSWER_CACHE_SIZE:
+                self._answers.clear()  # agents repeat themselves; a rare full reset is cheap
+            for n, result in zip(missing, results, strict=True):
+                # In file order, so that when two policies decide, the one named is always the same.
+                infos = sorted(
+                    (
+                        self.compiled.policies[r]
+                        for r in result.diagnostics.reasons
+                        if r in self.compiled.policies
+                    ),
+                    key=lambda info: info.index,
+                )
+                self._answers[keys[n]] = (result.allowed, tuple(infos))
+        return [
+            self._decision(*self._answers[key], request, tool, command, facts, only_named)
+            for key, request in zip(keys, requests, strict=True)
+        ]
+
+    def _decision(
+        self,
+        allowed: bool,
+        infos: tuple[PolicyInfo, ...],
+        request: Request,
+        tool: str,
+        command: str,
+        facts: ShellFacts | None,
+        only_named: bool,
     ) -> Decision:
-        """One Cedar request; ``only_named``: permits count only if their scope names the action."""
-        request = {
-            "principal": self._principal,
-            "action": _uid("Action", action),
-            "resource": resource,
-            "context": context,
-        }
-        result = cedarpy.is_authorized(request, self.compiled.policy_set, self._entities)
-        # In file order, so that when two policies decide, the one named is always the same.
-        infos = sorted(
-            (self.compiled.policies[r] for r in result.diagnostics.reasons if r in self.compiled.policies),
-            key=lambda info: info.index,
-        )
-        allowed = result.allowed
+        action, resource, _ = request
         if allowed and only_named:
-            infos = [i for i in infos if i.actions is not None and action in i.actions]
+            infos = tuple(i for i in infos if i.actions is not None and action in i.actions)
             allowed = bool(infos)
         what = f"{action} {resource['id']!r}" if action != "tool" else f"tool {resource['id']!r}"
         if not allowed:
