@@ -430,7 +430,8 @@ def test_quarantine_is_audited_and_release_lifts_it(gateway: GatewayProcess) -> 
 
     refused = run(gateway, "agent", "quarantine", "q-1", token=gateway.token("dev", "viewer"))
     assert refused.exit_code == 1
-    assert "needs the operator role in environment 'dev'" in refused.output
+    # Refused on the role alone, before the agent is looked up: the fix names the credential's environment.
+    assert "needs the operator role" in refused.output and "--env dev --role operator" in refused.output
     other_env = run(gateway, "agent", "quarantine", "q-1", token=gateway.token("prod", "operator"))
     assert other_env.exit_code == 1 and "no agent 'q-1'" in other_env.output
 

@@ -11,7 +11,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from clawtrace import __version__
-from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential
+from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential, PermissionDenied
 from clawtrace.gateway.metrics_api import agent_row, current_fleet
 from clawtrace.metrics.fleet import STATUSES, FleetRow
 from clawtrace.store import EventQuery, Store
@@ -27,12 +27,23 @@ def _login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
-def _credential(request: Request) -> Credential | None:
+def _viewer(request: Request) -> Credential | Response:
+    """The logged-in person's credential, or the page to show instead of the one asked for."""
     auth: Authenticator = request.app.state.auth
     try:
-        return auth.authenticate(request.cookies.get(COOKIE))
+        credential = auth.authenticate(request.cookies.get(COOKIE))
     except AuthError:
-        return None
+        return _login_redirect(request)
+    try:
+        # Any credential can end up in the cookie (an agent's too): pages show the fleet to viewers only.
+        credential.require("viewer")
+    except PermissionDenied as exc:
+        # The login form, so that logging in with a viewer credential is one step away.
+        error = f"{exc}. Log in with a viewer, operator or admin credential."
+        return templates.TemplateResponse(
+            request, "login.html", {"next": request.url.path, "error": error}, status_code=403
+        )
+    return credential
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -67,9 +78,9 @@ async def logout() -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 async def fleet(request: Request, env: str | None = None, q: str | None = None) -> Response:
-    credential = _credential(request)
-    if credential is None:
-        return _login_redirect(request)
+    credential = _viewer(request)
+    if isinstance(credential, Response):
+        return credential
     envs = credential.readable_envs()
     if env:
         envs = [env] if envs is None or env in envs else []
@@ -96,9 +107,9 @@ async def fleet(request: Request, env: str | None = None, q: str | None = None) 
 
 @router.get("/agents/{agent}", response_class=HTMLResponse)
 async def agent_page(request: Request, agent: str, session: str | None = None) -> Response:
-    credential = _credential(request)
-    if credential is None:
-        return _login_redirect(request)
+    credential = _viewer(request)
+    if isinstance(credential, Response):
+        return credential
     store: Store = request.app.state.store
     record = await run_in_threadpool(store.get_agent, agent)
     if record is None or not credential.covers_env(record.env):

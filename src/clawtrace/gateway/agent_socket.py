@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from clawtrace.access import Authenticator, AuthError
+from clawtrace.access import Authenticator, AuthError, PermissionDenied
 from clawtrace.gateway.pipeline import AgentState, Pipeline
 from clawtrace.gateway.settings import GatewaySettings
 from clawtrace.protocol import (
@@ -150,13 +150,10 @@ class AgentConnection:
         except AuthError as exc:
             await self.refuse(ErrorCode.UNAUTHORIZED, str(exc), CloseCode.UNAUTHORIZED)
             return
-        if not credential.may_ingest(hello.env):
-            await self.refuse(
-                ErrorCode.FORBIDDEN,
-                f"credential {credential.id} ({credential.role} for {credential.env!r}) may not send events "
-                f"for environment {hello.env!r}: create an agent token for it",
-                CloseCode.FORBIDDEN,
-            )
+        try:
+            credential.require_ingest(hello.env)
+        except PermissionDenied as exc:
+            await self.refuse(ErrorCode.FORBIDDEN, str(exc), CloseCode.FORBIDDEN)
             return
         info = AgentInfo(hello.agent, hello.env, hello.region, dict(hello.labels), hello.release)
         try:

@@ -11,12 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from clawtrace.access import Credential, PermissionDenied
+from clawtrace.access import Credential
 from clawtrace.alerts.engine import SYSTEM_RULES, AlertEngine
 from clawtrace.alerts.model import METRICS, Alert, AuditEntry, Silence
 from clawtrace.alerts.rules_file import RuleError, dump_rules, format_duration
-from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response
-from clawtrace.protocol import ErrorCode
+from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, require
 from clawtrace.store import Store
 
 router = APIRouter()
@@ -44,19 +43,10 @@ def _store(request: Request) -> Store:
 
 def _envs(credential: Credential, env: str | None) -> list[str] | None:
     """The environments a request may see: the credential's, narrowed by ``env``."""
-    envs = credential.readable_envs()
     if env is None:
-        return envs
-    if envs is not None and env not in envs:
-        raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential cannot read environment {env!r}")
+        return credential.readable_envs()
+    require(credential, "viewer", env)
     return [env]
-
-
-def _require(credential: Credential, role: str, env: str | None) -> None:
-    try:
-        credential.require(role, env)
-    except PermissionDenied as exc:
-        raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
 
 
 def _actor(credential: Credential) -> str:
@@ -120,11 +110,13 @@ async def alert_history(
 @router.post("/api/v1/alerts/{key:path}/ack")
 async def acknowledge(request: Request, key: str, credential: AnyCredential) -> Response:
     """Acknowledge an alert (by fingerprint or RULE/AGENT): no more repeat notifications."""
+    # The role first: a viewer learns nothing about which alerts exist from a 404.
+    require(credential, "operator")
     engine = _engine(request)
     alert = engine.find(key)
     if alert is None or not credential.covers_env(alert.env):
         raise ApiError(404, "not_found", f"no live alert {key!r}; list them with GET /api/v1/alerts")
-    _require(credential, "operator", alert.env)
+    require(credential, "operator", alert.env)
     engine.acknowledge(alert, _actor(credential))
     entry = AuditEntry(
         ts=time.time(),
@@ -157,6 +149,8 @@ async def list_silences(request: Request, credential: Viewer_, active: bool = Tr
 @router.post("/api/v1/silences", status_code=201)
 async def create_silence(request: Request, credential: AnyCredential) -> Response:
     """Mute notifications and remediation of alerts of a rule or an agent (globs allowed)."""
+    # The role before the body (whose env= is checked after): a viewer gets 403, not a 400 about it.
+    require(credential, "operator")
     try:
         body = msgspec.json.decode(await request.body(), type=SilenceRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -169,7 +163,7 @@ async def create_silence(request: Request, credential: AnyCredential) -> Respons
     env = body.env
     if env is None and credential.env != "*":
         env = credential.env  # a credential for one environment silences only there
-    _require(credential, "operator", env)
+    require(credential, "operator", env)
     if not body.reason.strip():
         raise ApiError(400, "invalid_body", "a silence needs a reason (who is on it, and why)")
     if not 0 < body.duration_seconds <= MAX_SILENCE_SECONDS:
@@ -210,6 +204,8 @@ async def create_silence(request: Request, credential: AnyCredential) -> Respons
 
 @router.delete("/api/v1/silences/{silence_id}")
 async def expire_silence(request: Request, silence_id: str, credential: AnyCredential) -> Response:
+    # The role first: a viewer learns nothing about which silences exist from a 404.
+    require(credential, "operator")
     engine = _engine(request)
     silences = await run_in_threadpool(_store(request).list_silences, None)
     found = next((s for s in silences if s.id == silence_id), None)
@@ -217,7 +213,7 @@ async def expire_silence(request: Request, silence_id: str, credential: AnyCrede
         (found.env is None and credential.env == "*") or credential.covers_env(found.env or "")
     ):
         raise ApiError(404, "not_found", f"no silence {silence_id!r}")
-    _require(credential, "operator", found.env)
+    require(credential, "operator", found.env)
     actor = _actor(credential)
     now = time.time()
     ended = found.expired_by is not None or found.ends <= now
@@ -294,7 +290,7 @@ async def list_rules(request: Request, credential: Viewer_, env: str | None = No
 @router.put("/api/v1/alerts/rules/{env}")
 async def replace_rules(request: Request, env: str, credential: AnyCredential) -> Response:
     """Replace an environment's rule file (YAML body); refused whole if any rule is invalid."""
-    _require(credential, "admin", env)
+    require(credential, "admin", env)
     engine = _engine(request)
     if engine.rulebook.rules_dir is None:
         raise ApiError(

@@ -44,11 +44,24 @@ def _credential(request: Request) -> Credential:
         raise ApiError(401, ErrorCode.UNAUTHORIZED, str(exc)) from None
 
 
-def viewer(credential: Annotated[Credential, Depends(_credential)]) -> Credential:
+def require(credential: Credential, role: str, env: str | None = None) -> None:
+    """``credential.require`` (which audits the refusal) answering 403 with its how-to message."""
     try:
-        credential.require("viewer")
+        credential.require(role, env)
     except PermissionDenied as exc:
         raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
+
+
+def require_ingest(credential: Credential, env: str) -> None:
+    """``credential.require_ingest`` (which audits the refusal) answering 403 with its how-to message."""
+    try:
+        credential.require_ingest(env)
+    except PermissionDenied as exc:
+        raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
+
+
+def viewer(credential: Annotated[Credential, Depends(_credential)]) -> Credential:
+    require(credential, "viewer")
     return credential
 
 
@@ -110,8 +123,7 @@ async def readyz(request: Request) -> Response:
 async def list_agents(request: Request, credential: Viewer_, env: str | None = None) -> Response:
     envs = credential.readable_envs()
     if env is not None:
-        if envs is not None and env not in envs:
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential cannot read environment {env!r}")
+        require(credential, "viewer", env)
         envs = [env]
     records = await run_in_threadpool(_store(request).list_agents, envs)
     pipeline = _pipeline(request)
@@ -204,11 +216,10 @@ _ACTIONS = ("restart", "stop", "quarantine", "release")
 @router.post("/api/v1/agents/{agent}/commands", status_code=202)
 async def send_command(request: Request, agent: str, credential: AnyCredential) -> Response:
     """restart / stop (sent to the node agent), quarantine / release (recorded, then sent); audited."""
+    # The role first: a viewer learns nothing about which agents exist from a 404.
+    require(credential, "operator")
     record = await _readable_agent(request, credential, agent)
-    try:
-        credential.require("operator", record.env)
-    except PermissionDenied as exc:
-        raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
+    require(credential, "operator", record.env)
     try:
         body = msgspec.json.decode(await request.body(), type=CommandRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -262,6 +273,9 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
 async def post_events(request: Request, credential: AnyCredential, agent: str | None = None) -> Response:
     """NDJSON ingest for clients that cannot hold a socket; answers once stored."""
     settings: GatewaySettings = request.app.state.settings
+    env = request.query_params.get("env") or credential.env
+    # Before the body is read: whoever may not send events gets 403, not a 413 about their size.
+    require_ingest(credential, env)
     body = await request.body()
     if len(body) > settings.max_frame_bytes:
         raise ApiError(413, ErrorCode.FRAME_TOO_LARGE, f"body exceeds {settings.max_frame_bytes} bytes")
@@ -304,15 +318,10 @@ async def post_events(request: Request, credential: AnyCredential, agent: str | 
             continue
         event.agent = target
         by_agent.setdefault(target, []).append(event)
-    if credential.role not in ("agent", "admin"):
-        raise ApiError(403, ErrorCode.FORBIDDEN, "only agent or admin credentials may send events")
     pipeline = _pipeline(request)
-    env = request.query_params.get("env") or credential.env
     acks: dict[str, int] = {}
     accepted = duplicates = 0
     for target, events in by_agent.items():
-        if not credential.may_ingest(env) or env == "*":
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential may not send events for env {env!r}")
         try:
             state = await pipeline.agent_for_post(target, env)
         except AgentEnvMismatch as exc:

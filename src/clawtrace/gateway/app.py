@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clawtrace import __version__
-from clawtrace.access import Authenticator
+from clawtrace.access import Authenticator, RefusalAudit
 from clawtrace.bus import open_bus
 from clawtrace.console import STATIC_DIR as CONSOLE_STATIC
 from clawtrace.console import router as console_router
@@ -111,7 +111,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.bus = bus
         app.state.live = live
         app.state.pipeline = pipeline
-        app.state.auth = Authenticator(store)
+        app.state.auth = Authenticator(store, on_refusal=RefusalAudit(writer))
         retention = asyncio.create_task(retention_loop(settings, writer))
         try:
             yield

@@ -9,9 +9,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from clawtrace.access import AuthError, PermissionDenied
+from clawtrace.access import ALL_ENVS, AuthError, PermissionDenied
 from clawtrace.gateway.agent_socket import bearer_token
-from clawtrace.gateway.api import ApiError, Viewer_, _parse_time, json_response
+from clawtrace.gateway.api import ApiError, Viewer_, _parse_time, json_response, require
 from clawtrace.metrics.buckets import Bucket
 from clawtrace.metrics.fleet import SORT_KEYS, STATUSES, FleetRow, fleet_rows, sort_rows, totals
 from clawtrace.metrics.prometheus import FleetCollector
@@ -65,8 +65,7 @@ async def fleet(
 ) -> Response:
     envs = credential.readable_envs()
     if env is not None:
-        if envs is not None and env not in envs:
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential cannot read environment {env!r}")
+        require(credential, "viewer", env)
         envs = [env]
     if status is not None and status not in STATUSES:
         raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}")
@@ -125,15 +124,23 @@ async def metrics_series(
         raise ApiError(400, "invalid_parameter", "label cannot be combined with env or region")
     stage: MetricsStage = request.app.state.metrics
     store: Store = request.app.state.store
-    readable = credential.readable_envs()
     if agent is not None:
         record = await run_in_threadpool(store.get_agent, agent)
         if record is None or not credential.covers_env(record.env):
             raise ApiError(
                 404, "not_found", f"no agent {agent!r} (in the environments this credential can read)"
             )
-    elif readable is not None and (env is None or env not in readable):
-        raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential can only query env={'|'.join(readable)}")
+    elif env is not None:
+        require(credential, "viewer", env)
+    else:
+        # Without env= the series spans every environment (a region's or a label's too).
+        try:
+            credential.require("viewer", ALL_ENVS)
+        except PermissionDenied as exc:
+            # Label rollups cannot be narrowed to an environment; the others can.
+            readable = "|".join(credential.readable_envs() or ())
+            narrow = "" if label else f", or narrow the query with env={readable}"
+            raise ApiError(403, ErrorCode.FORBIDDEN, f"{exc}{narrow}") from None
     try:
         scope = scope_for(agent=agent, env=env, region=region, label=label)
     except ValueError as exc:
@@ -160,9 +167,9 @@ async def prometheus(request: Request) -> Response:
     if request.app.state.settings.metrics_auth:
         try:
             credential = request.app.state.auth.authenticate(bearer_token(request.headers))
-            credential.require("viewer")
-        except (AuthError, PermissionDenied) as exc:
+        except AuthError as exc:
             raise ApiError(401, ErrorCode.UNAUTHORIZED, f"{exc} (or set metrics_auth = false)") from None
+        require(credential, "viewer")
         # A credential for one environment scrapes that environment's series only.
         envs = credential.readable_envs()
     rows, _, _ = await current_fleet(request, envs)

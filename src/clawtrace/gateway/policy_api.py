@@ -16,9 +16,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from clawtrace.access import Credential, PermissionDenied
+from clawtrace.access import Credential
 from clawtrace.alerts.model import AuditEntry
-from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response
+from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, require, require_ingest
 from clawtrace.gateway.policies import (
     DEFAULT_HOME,
     DEFAULT_WORKSPACE,
@@ -30,7 +30,6 @@ from clawtrace.gateway.policies import (
     decode_bundle,
 )
 from clawtrace.policy import BundleSettings, PolicyError
-from clawtrace.protocol import ErrorCode
 from clawtrace.protocol.messages import AgentId
 from clawtrace.store import AgentInfo, Store
 from clawtrace.store.base import APPROVAL_STATES, ApprovalRecord, PolicyRecord
@@ -50,13 +49,6 @@ def _policies(request: Request) -> PolicyService:
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def _require(credential: Credential, role: str, env: str | None) -> None:
-    try:
-        credential.require(role, env)
-    except PermissionDenied as exc:
-        raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
 
 
 def _actor(credential: Credential) -> str:
@@ -138,7 +130,7 @@ async def get_policy(
     """``env``'s active bundle and its version, the history of activations (newest first),
     and with ``?version=`` that version's bundle as ``bundle``."""
     _check_env(env)
-    _require(credential, "viewer", env)
+    require(credential, "viewer", env)
     store = _store(request)
     records = await run_in_threadpool(store.policy_history, env, max(1, min(history, 1000)))
     active = _policies(request).active.get(env)
@@ -162,7 +154,7 @@ async def get_policy(
 async def apply_policy(request: Request, env: str, credential: AnyCredential) -> Response:
     """Validate a bundle, make it ``env``'s active one and push it to the environment's node agents."""
     _check_env(env)
-    _require(credential, "admin", env)
+    require(credential, "admin", env)
     raw = await request.body()
     if len(raw) > MAX_BUNDLE_BYTES:
         raise ApiError(413, "too_large", f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes of JSON")
@@ -190,11 +182,22 @@ async def apply_policy(request: Request, env: str, credential: AnyCredential) ->
 
 @router.post("/api/v1/policies/{env}/rollback")
 async def rollback_policy(
-    request: Request, env: str, credential: AnyCredential, version: Annotated[str, Query(min_length=1)]
+    request: Request,
+    env: str,
+    credential: AnyCredential,
+    # Required, but checked here after the role: FastAPI's own check would answer anyone 400 first.
+    version: Annotated[str | None, Query(description="the version to make active again")] = None,
 ) -> Response:
     """Make an earlier version of ``env``'s bundle active again and push it."""
     _check_env(env)
-    _require(credential, "admin", env)
+    require(credential, "admin", env)
+    if not version:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"?version= is required: name the version to make active again"
+            f" (see the history with GET /api/v1/policies/{env})",
+        )
     try:
         result = await _policies(request).rollback(env, version, _actor(credential))
     except UnknownVersion:
@@ -252,6 +255,9 @@ def _facts_view(result: Authorization) -> dict[str, Any]:
 @router.post("/v1/authorize")
 async def authorize(request: Request, credential: AnyCredential) -> Response:
     """Decide one tool call with the agent's environment bundle, as its node agent would."""
+    # The role before the body; the environment only after, since the agent the body names decides it.
+    if credential.role != "agent":
+        require(credential, "operator")
     try:
         body = msgspec.json.decode(await request.body(), type=AuthorizeRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -268,12 +274,9 @@ async def authorize(request: Request, credential: AnyCredential) -> Response:
     info = await _agent_info(request, credential, body.agent)
     if credential.role == "agent":
         # Whoever may send an environment's events may ask for its decisions.
-        try:
-            credential.require_ingest(info.env)
-        except PermissionDenied as exc:
-            raise ApiError(403, ErrorCode.FORBIDDEN, str(exc)) from None
+        require_ingest(credential, info.env)
     else:
-        _require(credential, "operator", info.env)
+        require(credential, "operator", info.env)
     service = _policies(request)
     workspace = body.workspace or DEFAULT_WORKSPACE
     result = service.authorize(
@@ -343,8 +346,7 @@ async def list_approvals(
         raise ApiError(400, "invalid_parameter", f"state must be one of {', '.join(APPROVAL_STATES)} or all")
     envs = credential.readable_envs()
     if env is not None:
-        if envs is not None and env not in envs:
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"this credential cannot read environment {env!r}")
+        require(credential, "viewer", env)
         envs = [env]
     await _policies(request).expire_approvals()
     limit = max(1, min(limit, 5_000))
@@ -364,8 +366,10 @@ async def get_approval(request: Request, approval_id: str, credential: Viewer_) 
 @router.post("/api/v1/approvals/{approval_id}")
 async def answer_approval(request: Request, approval_id: str, credential: AnyCredential) -> Response:
     """Approve or reject a waiting tool call; the node agent that waits for it is told at once."""
+    # The role first: a viewer learns nothing about which approvals exist from a 404.
+    require(credential, "operator")
     approval = await _readable_approval(request, credential, approval_id)
-    _require(credential, "operator", approval.env)
+    require(credential, "operator", approval.env)
     try:
         body = msgspec.json.decode(await request.body(), type=AnswerRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
