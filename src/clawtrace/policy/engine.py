@@ -94,9 +94,10 @@ class PolicyEngine:
     def version(self) -> str:
         return self.compiled.bundle.version
 
-    def forget_answers(self) -> None:
-        """Drop the cached Cedar answers (benchmarks measure first-seen commands this way)."""
-        self._answers.clear()
+    def forget_commands(self) -> None:
+        """Drop the cached answers about commands and hosts, keeping those about tools
+        (the benchmark measures commands seen for the first time this way)."""
+        self._answers = {key: answer for key, answer in self._answers.items() if key[0] == "tool"}
 
     def decide(self, tool: str, args: Mapping[str, Any] | None = None, cwd: str | None = None) -> Decision:
         if self.quarantine is not None:
@@ -106,20 +107,19 @@ class PolicyEngine:
         command = args.get(shell_arg) if shell_arg else None
         shell = isinstance(command, str)
         text = command if isinstance(command, str) else ""
-        tool_request: Request = ("tool", _uid("Tool", tool), {"shell": shell, "command": text})
+        # Without the command in it, the tool's own answer is cached after its first call.
+        tool_request: Request = ("tool", _uid("Tool", tool), {"shell": shell})
         if not shell:
-            return self._decisions([tool_request], tool)[0]
+            return self._decide([tool_request], tool)
         facts = normalise(text, cwd=cwd or self.workspace, home=self.home, env=self.env)
         if facts.error is not None:
-            verdict = self._decisions([tool_request], tool)[0]
+            verdict = self._decide([tool_request], tool)
             if verdict.decision == "deny":
                 return verdict
             context = {"command": text, "error": facts.error}
             # Fail closed: only a policy that names the "unparsed" action can let such a
             # command through (a blanket `permit (principal, action, resource)` does not).
-            [unparsed] = self._decisions(
-                [("unparsed", _uid("Tool", tool), context)], tool, text, facts, only_named=True
-            )
+            unparsed = self._decide([("unparsed", _uid("Tool", tool), context)], tool, text, facts, True)
             if unparsed.decision == "deny" and unparsed.rule is None:
                 reason = f"the command does not parse ({facts.error}), so it is refused"
                 return Decision("deny", tool, None, reason, text, facts)
@@ -129,17 +129,7 @@ class PolicyEngine:
             requests.append(("exec", _uid("Program", fact.program), self._exec_context(tool, text, fact)))
             for host in fact.hosts:
                 requests.append(("connect", _uid("Host", host), {"tool": tool, "program": fact.program}))
-        # One call into Cedar for the tool and every command and host it would touch.
-        decisions = self._decisions(requests, tool, text, facts)
-        verdict = decisions[0]
-        # A forbid that matched says more than "nothing permitted cd": report it first.
-        denies = [d for d in decisions if d.decision == "deny"]
-        if denies:
-            return next((d for d in denies if d.rule is not None), denies[0])
-        for decision in decisions:
-            if decision.decision == "require_approval":
-                return decision
-        return Decision("allow", tool, verdict.rule, verdict.reason, text, facts)
+        return self._decide(requests, tool, text, facts)
 
     def _exec_context(self, tool: str, command: str, fact: CommandFact) -> dict[str, Any]:
         words = [a for a in fact.args if not a.startswith("-")]
@@ -160,17 +150,23 @@ class PolicyEngine:
             "via": list(fact.via),
         }
 
-    def _decisions(
+    def _decide(
         self,
         requests: list[Request],
         tool: str,
         command: str = "",
         facts: ShellFacts | None = None,
         only_named: bool = False,
-    ) -> list[Decision]:
-        """A decision per request; ``only_named``: permits count only if their scope names the action."""
+    ) -> Decision:
+        """One decision for all ``requests`` (a tool call and what it would run), from one call into Cedar.
+
+        A forbid that matched wins (it says more than "nothing permitted cd"), then a
+        default deny, then an approval, then allow (named after the tool's permit).
+        ``only_named``: permits count only if their scope names the action.
+        """
         keys = [(action, resource["id"], json.dumps(context)) for action, resource, context in requests]
-        missing = [n for n, key in enumerate(keys) if key not in self._answers]
+        answers = self._answers
+        missing = [n for n, key in enumerate(keys) if key not in answers]
         if missing:
             batch = [
                 {
@@ -182,64 +178,59 @@ class PolicyEngine:
                 for n in missing
             ]
             results = cedarpy.is_authorized_batch(batch, self.compiled.policy_set, self._entities)
-            if len(self._answers) + len(missing) > ANSWER_CACHE_SIZE:
-                self._answers.clear()  # agents repeat themselves; a rare full reset is cheap
+            if len(answers) + len(missing) > ANSWER_CACHE_SIZE:
+                answers.clear()  # agents repeat themselves; a rare full reset is cheap
+            policies = self.compiled.policies
             for n, result in zip(missing, results, strict=True):
                 # In file order, so that when two policies decide, the one named is always the same.
-                infos = sorted(
-                    (
-                        self.compiled.policies[r]
-                        for r in result.diagnostics.reasons
-                        if r in self.compiled.policies
-                    ),
-                    key=lambda info: info.index,
-                )
-                self._answers[keys[n]] = (result.allowed, tuple(infos))
-        return [
-            self._decision(*self._answers[key], request, tool, command, facts, only_named)
-            for key, request in zip(keys, requests, strict=True)
-        ]
-
-    def _decision(
-        self,
-        allowed: bool,
-        infos: tuple[PolicyInfo, ...],
-        request: Request,
-        tool: str,
-        command: str,
-        facts: ShellFacts | None,
-        only_named: bool,
-    ) -> Decision:
-        action, resource, _ = request
-        if allowed and only_named:
-            infos = tuple(i for i in infos if i.actions is not None and action in i.actions)
-            allowed = bool(infos)
-        what = f"{action} {resource['id']!r}" if action != "tool" else f"tool {resource['id']!r}"
-        if not allowed:
-            forbid = next((i for i in infos if i.effect == "forbid"), None)
-            if forbid is None:
-                reason = (
-                    f"no policy permits {what} for role {self.identity.role!r} in {self.identity.env!r}"
-                    " (default deny)"
-                )
-                return Decision("deny", tool, None, reason, command, facts)
-            return Decision("deny", tool, forbid.name, _reason(forbid, what), command, facts)
-        approval = next((i for i in infos if i.approval), None)
+                reasons = result.diagnostics.reasons
+                ordered = sorted((policies[r] for r in reasons if r in policies), key=_index)
+                answers[keys[n]] = (result.allowed, tuple(ordered))
+        default_deny: Request | None = None
+        approval: tuple[Request, PolicyInfo] | None = None
+        for key, request in zip(keys, requests, strict=True):
+            allowed, infos = answers[key]
+            if allowed and only_named:
+                infos = tuple(i for i in infos if i.actions is not None and request[0] in i.actions)
+                allowed = bool(infos)
+            if not allowed:
+                forbid = next((i for i in infos if i.effect == "forbid"), None)
+                if forbid is not None:
+                    return Decision("deny", tool, forbid.name, _reason(forbid, request), command, facts)
+                default_deny = default_deny or request
+            elif approval is None:
+                needs = next((i for i in infos if i.approval), None)
+                if needs is not None:
+                    approval = (request, needs)
+        if default_deny is not None:
+            reason = (
+                f"no policy permits {_what(default_deny)} for role {self.identity.role!r}"
+                f" in {self.identity.env!r} (default deny)"
+            )
+            return Decision("deny", tool, None, reason, command, facts)
         if approval is not None:
-            return Decision("require_approval", tool, approval.name, _reason(approval, what), command, facts)
-        permit = infos[0] if infos else None
-        return Decision(
-            "allow",
-            tool,
-            permit.name if permit else None,
-            _reason(permit, what) if permit else "",
-            command,
-            facts,
-        )
+            request, needs = approval
+            return Decision("require_approval", tool, needs.name, _reason(needs, request), command, facts)
+        tool_infos = answers[keys[0]][1]
+        permit = tool_infos[0] if tool_infos else None
+        if permit is None:
+            return Decision("allow", tool, None, "", command, facts)
+        return Decision("allow", tool, permit.name, _reason(permit, requests[0]), command, facts)
 
 
-def _reason(info: PolicyInfo, what: str) -> str:
+def _index(info: PolicyInfo) -> int:
+    return info.index
+
+
+def _what(request: Request) -> str:
+    action, resource, _ = request
+    return f"tool {resource['id']!r}" if action == "tool" else f"{action} {resource['id']!r}"
+
+
+def _reason(info: PolicyInfo, request: Request) -> str:
     if info.reason:
         return info.reason
     verb = {"forbid": "forbids", "permit": "permits"}.get(info.effect, info.effect)
-    return f"policy {info.name!r} {verb} {what}" + (" once a person approves" if info.approval else "")
+    return f"policy {info.name!r} {verb} {_what(request)}" + (
+        " once a person approves" if info.approval else ""
+    )
