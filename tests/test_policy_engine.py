@@ -129,3 +129,38 @@ def test_the_same_policies_give_the_same_version() -> None:
     b = PolicyBundle(env="prod", files={"rm.cedar": RM_POLICY + "\n"}).with_version()
     c = PolicyBundle(env="prod", files={"rm.cedar": RM_POLICY.replace("everything", "all")}).with_version()
     assert a.version == b.version != c.version
+
+
+def test_a_shell_tool_without_its_command_is_refused(rm_engine: PolicyEngine) -> None:
+    for args in ({"cmd": "rm -rf /"}, {}, {"command": ["rm", "-rf", "/"]}):
+        decision = rm_engine.decide("exec", args)
+        assert decision.decision == "deny" and "must be called with its command" in decision.reason, args
+
+
+def test_force_pushes_in_any_spelling_are_refused_in_prod() -> None:
+    compiled = compile_bundle(load_bundle(EXAMPLES / "prod", "prod"))
+    engine = PolicyEngine(compiled, AgentIdentity("a-1", "prod"), workspace=WORKSPACE, home=HOME)
+    for command in (
+        "git push --force origin main",
+        "git push -f",
+        "git push origin +main",
+        "git push --force-with-lease origin main",
+    ):
+        decision = engine.decide("exec", {"command": command})
+        assert (decision.decision, decision.rule) == ("deny", "prod-no-force-push"), command
+    assert engine.decide("exec", {"command": "git push origin main"}).decision == "allow"
+
+
+def test_an_unparsed_command_cannot_skip_the_tools_approval() -> None:
+    engine = engine_for(
+        {
+            "p.cedar": """
+@id("exec-needs-a-person") @approval
+permit (principal, action == ClawTrace::Action::"tool", resource == ClawTrace::Tool::"exec");
+@id("unparsed-ok")
+permit (principal, action == ClawTrace::Action::"unparsed", resource);
+"""
+        }
+    )
+    decision = engine.decide("exec", {"command": 'rm -rf / "'})
+    assert (decision.decision, decision.rule) == ("require_approval", "exec-needs-a-person")

@@ -77,7 +77,7 @@ async def test_events_reach_the_node_agent_in_order(server: tuple[LocalServer, C
     assert "module 'time'" in call["args"]["when"]  # not JSON: sent as its text, not an error
     assert ok == {**ok, "call_id": call["call_id"], "ok": True, "output": ["a", "b"]}
     assert ok["duration_ms"] >= 0 and "error" not in ok
-    assert bad_call["args"] == {"cmd": "rm -rf /tmp/x"}
+    assert bad_call["args"] == {"command": "rm -rf /tmp/x"}
     assert bad["call_id"] == bad_call["call_id"] and bad["ok"] is False
     assert bad["error"] == "ToolBroke: disk on fire"
     assert llm == {

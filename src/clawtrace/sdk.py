@@ -631,7 +631,7 @@ def _describe(exc: BaseException) -> str:
 def tool_call(tool: str, args: dict[str, Any] | None = None) -> ToolCall:
     """Context manager around one tool call: reports the call, then its result.
 
-    with sdk.tool_call("shell", {"cmd": "ls"}) as call:
+    with sdk.tool_call("shell", {"command": "ls"}) as call:
         call.output = run(...)
 
     Under a node agent that enforces tool policy, entering it first asks for

@@ -13,7 +13,7 @@ sdk.thought("thinking about step 1")
 with sdk.tool_call("search", {"q": "cats"}) as call:
     call.output = {"hits": 3}
 try:
-    with sdk.tool_call("shell", {"cmd": "false"}):
+    with sdk.tool_call("shell", {"command": "false"}):
         raise RuntimeError("exit status 1")
 except RuntimeError:
     print("tool failed as planned")

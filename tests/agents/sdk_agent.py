@@ -34,7 +34,7 @@ def run_all() -> dict[str, object]:
         call.output = ["a", "b"]
     reraised = False
     try:
-        with sdk.tool_call("shell", {"cmd": "rm -rf /tmp/x"}):
+        with sdk.tool_call("shell", {"command": "rm -rf /tmp/x"}):
             raise ToolBroke("disk on fire")
     except ToolBroke:
         reraised = True

@@ -105,7 +105,15 @@ class PolicyEngine:
         args = args or {}
         shell_arg = self.compiled.bundle.settings.shell_tools.get(tool)
         command = args.get(shell_arg) if shell_arg else None
-        shell = isinstance(command, str)
+        shell = shell_arg is not None
+        if shell and not isinstance(command, str):
+            # A shell tool called without its command (or with it under another name)
+            # cannot be inspected: fail closed rather than judge the tool alone.
+            reason = (
+                f"shell tool {tool!r} must be called with its command as a string in {shell_arg!r}"
+                " (bundle.toml [shell_tools]); nothing to inspect, so it is refused"
+            )
+            return Decision("deny", tool, None, reason)
         text = command if isinstance(command, str) else ""
         # Without the command in it, the tool's own answer is cached after its first call.
         tool_request: Request = ("tool", _uid("Tool", tool), {"shell": shell})
@@ -123,6 +131,8 @@ class PolicyEngine:
             if unparsed.decision == "deny" and unparsed.rule is None:
                 reason = f"the command does not parse ({facts.error}), so it is refused"
                 return Decision("deny", tool, None, reason, text, facts)
+            if unparsed.decision == "allow" and verdict.decision == "require_approval":
+                return verdict  # the tool itself still needs a person
             return unparsed
         requests = [tool_request]
         for fact in facts.commands:

@@ -2159,10 +2159,13 @@ def _git(w: _Walker, name: str, args: _Args, scope: _Scope, frame: _Frame, *_unu
     if sub.text == "clean" and not sub_opts.operands:
         paths = _dedupe([*paths, *(cwds or ())])
         dynamic = dynamic or cwds is None
+    flags = fact.flags
+    if sub.text == "push" and any(op.text.startswith("+") for op in sub_opts.operands):
+        flags = flags | {"force"}  # "+main" force-pushes that ref, like --force
     w.facts[-1] = CommandFact(
         "git",
         (sub.text, *fact.args),
-        fact.flags,
+        flags,
         paths,
         _dedupe(hosts),
         fact.privileged,
