@@ -8,7 +8,7 @@ from urllib.parse import quote
 import click
 
 from clawtrace.cli.client import GatewayClient, GatewayError
-from clawtrace.cli.options import gateway_options
+from clawtrace.cli.options import operator_gateway_options
 
 ACTIONS: dict[str, tuple[str, str]] = {
     "restart": (
@@ -75,7 +75,7 @@ def _add(action: str) -> None:
         default=None,
         help="Why; kept in the audit log and sent to the node agent. Default: who asked.",
     )
-    @gateway_options
+    @operator_gateway_options
     def command(name: str, reason: str | None, gateway: str, token: str) -> None:
         _run(action, name, reason, gateway, token)
 

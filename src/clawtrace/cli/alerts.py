@@ -20,7 +20,7 @@ from rich.text import Text
 from clawtrace.alerts.model import Rule
 from clawtrace.alerts.rules_file import RuleError, format_duration, load_rules_file, parse_duration
 from clawtrace.cli.client import GatewayClient, GatewayError
-from clawtrace.cli.options import gateway_options
+from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
 from clawtrace.cli.top import fmt_age, fmt_number
 
 STATE_STYLES = {
@@ -345,7 +345,7 @@ def history(
 
 @alerts.command("ack", short_help="Acknowledge an alert: no more repeat notifications.")
 @click.argument("key")
-@gateway_options
+@operator_gateway_options
 def acknowledge(key: str, gateway: str, token: str) -> None:
     """Acknowledge the alert KEY (RULE/AGENT as `clawtrace alerts` shows it, or
     its fingerprint): someone is on it, so no repeat notifications. It stays
@@ -386,7 +386,7 @@ def acknowledge(key: str, gateway: str, token: str) -> None:
     default=None,
     help="Only alerts of this environment. Default: every environment the credential covers.",
 )
-@gateway_options
+@operator_gateway_options
 def silence(target: str, duration: float, reason: str, env: str | None, gateway: str, token: str) -> None:
     """Mute the alerts of TARGET for a while: no notifications and no remediation
     (restart, stop, quarantine). TARGET is a rule name or an agent id; globs
@@ -459,7 +459,7 @@ def _silence_state(row: dict[str, Any], now: float) -> Text:
 
 @alerts.command("unsilence", short_help="End a silence now.")
 @click.argument("silence_id", metavar="ID")
-@gateway_options
+@operator_gateway_options
 def unsilence(silence_id: str, gateway: str, token: str) -> None:
     """End the silence ID now (`clawtrace alerts silences` lists the ids); its
     alerts notify and remediate again. Needs an operator credential."""
@@ -629,7 +629,7 @@ def check(file: str, env: str | None) -> None:
 @rules.command("push", short_help="Replace an environment's rules on the gateway (admin).")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--env", required=True, help="The environment whose rules FILE replaces.")
-@gateway_options
+@admin_gateway_options
 def push(file: str, env: str, gateway: str, token: str) -> None:
     """Replace ENV's rules file on the gateway with FILE and load it at once.
     FILE is checked here first, then again by the gateway; a file with any
@@ -663,6 +663,17 @@ def push(file: str, env: str, gateway: str, token: str) -> None:
 @click.command(short_help="Who restarted, quarantined or silenced what, and why.")
 @click.option("--env", default=None, help="Only this environment.")
 @click.option("--target", default=None, metavar="AGENT", help="Only actions on this agent (exact id).")
+@click.option(
+    "--action",
+    default=None,
+    help="Only this action (restart, quarantine, silence, policy, refused, apply_policy, ...).",
+)
+@click.option(
+    "--decision",
+    type=click.Choice(["allow", "deny", "require_approval"]),
+    default=None,
+    help="Only tool-policy decisions with this outcome (implies --action policy).",
+)
 @since_option
 @limit_option
 @json_option
@@ -670,6 +681,8 @@ def push(file: str, env: str, gateway: str, token: str) -> None:
 def audit(
     env: str | None,
     target: str | None,
+    action: str | None,
+    decision: str | None,
     since: float | None,
     limit: int,
     as_json: bool,
@@ -684,9 +697,18 @@ def audit(
     \b
       clawtrace audit --since 1h
       clawtrace audit --target a-0417
+      clawtrace audit --decision deny --env prod     # tool calls the policy refused
     """
     client = GatewayClient(gateway, token)
-    body = client.get("/api/v1/audit", env=env, target=target, since=_ago(since), limit=limit)
+    body = client.get(
+        "/api/v1/audit",
+        env=env,
+        target=target,
+        action=action,
+        decision=decision,
+        since=_ago(since),
+        limit=limit,
+    )
     if as_json:
         _print_json(body)
         return

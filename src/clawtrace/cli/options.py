@@ -12,21 +12,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_GATEWAY = "http://127.0.0.1:7420"
 
 
-def gateway_options(func: F) -> F:
-    func = click.option(
-        "--token",
-        envvar="CLAWTRACE_TOKEN",
-        required=True,
-        help="API credential (viewer role or above). Env: CLAWTRACE_TOKEN.",
-    )(func)
-    func = click.option(
-        "--gateway",
-        envvar="CLAWTRACE_GATEWAY",
-        default=DEFAULT_GATEWAY,
-        show_default=True,
-        help="Gateway base URL. Env: CLAWTRACE_GATEWAY.",
-    )(func)
-    return func
+def _gateway_options(role: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--token",
+            envvar="CLAWTRACE_TOKEN",
+            required=True,
+            help=f"API credential ({role} role or above). Env: CLAWTRACE_TOKEN.",
+        )(func)
+        func = click.option(
+            "--gateway",
+            envvar="CLAWTRACE_GATEWAY",
+            default=DEFAULT_GATEWAY,
+            show_default=True,
+            help="Gateway base URL. Env: CLAWTRACE_GATEWAY.",
+        )(func)
+        return func
+
+    return decorate
+
+
+# --gateway and --token, with the role the command needs in the help.
+gateway_options = _gateway_options("viewer")
+operator_gateway_options = _gateway_options("operator")
+admin_gateway_options = _gateway_options("admin")
 
 
 def data_dir_option(func: F) -> F:

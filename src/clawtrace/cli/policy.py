@@ -29,7 +29,7 @@ from rich.text import Text
 
 from clawtrace.cli.alerts import DefaultGroup, when
 from clawtrace.cli.client import GatewayClient, GatewayError
-from clawtrace.cli.options import gateway_options
+from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
 from clawtrace.cli.top import fmt_age
 from clawtrace.policy import (
     AgentIdentity,
@@ -845,7 +845,7 @@ def _compile_remote(env: str, active: Mapping[str, Any]) -> CompiledBundle | Non
 @policy.command("apply", short_help="Make a bundle an environment's policies (admin).")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--env", required=True, help="The environment whose policies PATH replaces.")
-@gateway_options
+@admin_gateway_options
 def apply(path: str, env: str, gateway: str, token: str) -> None:
     """Make the bundle at PATH the policies of ENV. It is validated here first
     (problems name your files), then again by the gateway, which pushes it to
@@ -970,7 +970,7 @@ def show(env: str, as_json: bool, gateway: str, token: str) -> None:
 @click.option(
     "--version", "version", required=True, help="The version to restore (`clawtrace policy show` lists them)."
 )
-@gateway_options
+@admin_gateway_options
 def rollback(env: str, version: str, gateway: str, token: str) -> None:
     """Make VERSION, applied to ENV before, its active policies again, at once
     and on every node agent of ENV. Needs an admin credential for ENV.
@@ -1124,7 +1124,7 @@ reason_option = click.option(
 @approvals.command("approve", short_help="Let a waiting tool call run (operator).")
 @click.argument("approval_id", metavar="ID")
 @reason_option
-@gateway_options
+@operator_gateway_options
 def approve(approval_id: str, reason: str, gateway: str, token: str) -> None:
     """Approve the waiting tool call ID (`clawtrace approvals` lists them): the
     agent's call runs now. Needs an operator credential for its environment."""
@@ -1134,7 +1134,7 @@ def approve(approval_id: str, reason: str, gateway: str, token: str) -> None:
 @approvals.command("reject", short_help="Refuse a waiting tool call (operator).")
 @click.argument("approval_id", metavar="ID")
 @reason_option
-@gateway_options
+@operator_gateway_options
 def reject(approval_id: str, reason: str, gateway: str, token: str) -> None:
     """Reject the waiting tool call ID (`clawtrace approvals` lists them): the
     agent gets a refusal with your reason. Needs an operator credential for its

@@ -220,7 +220,7 @@ class AuthorizeRequest(msgspec.Struct, forbid_unknown_fields=True):
     tool: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     args: dict[str, Any] = {}
     cwd: str | None = None
-    # Where the agent may work. Without one it is "/", so no path is outside it: send it.
+    # Where the agent may work. Without one, every path counts as outside it: send it.
     workspace: str | None = None
     home: str | None = None
 
