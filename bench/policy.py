@@ -216,7 +216,7 @@ def phase_socket(args: argparse.Namespace) -> dict[str, Any]:
         ]
         node = subprocess.Popen(
             [sys.executable, "-m", "clawtrace", "run", "--agent", "bench-1", "--env", "prod",
-             "--gateway", "ws://127.0.0.1:9", "--spool-dir", str(spool), "--workspace", WORKSPACE,
+             "--gateway", "ws://127.0.0.1:9", "--spool-dir", str(spool), "--workspace", tmp,
              "--log-level", "warning", "--", *child],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
