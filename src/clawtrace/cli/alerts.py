@@ -4,23 +4,19 @@ the rules) and ``clawtrace audit`` (who did what to which agent)."""
 from __future__ import annotations
 
 import json
-import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from clawtrace.alerts.model import Rule
 from clawtrace.alerts.rules_file import RuleError, format_duration, load_rules_file, parse_duration
 from clawtrace.cli.client import GatewayClient, GatewayError
 from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
+from clawtrace.cli.tables import DefaultGroup, new_table, plain_console, print_json, when
 from clawtrace.cli.top import fmt_age, fmt_number
 
 STATE_STYLES = {
@@ -31,23 +27,6 @@ STATE_STYLES = {
 }
 SEVERITY_STYLES = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 RESULT_STYLES = {"ok": "green", "failed": "bold red", "held": "yellow", "dry_run": "cyan"}
-
-
-class DefaultGroup(click.Group):
-    """A group that runs its ``default`` command when given only options (or
-    nothing), so that ``clawtrace alerts --env prod`` lists alerts while
-    ``clawtrace alerts history`` still reaches the subcommand. A word that is
-    no command stays an error ("No such command"), not a stray argument."""
-
-    def __init__(self, *args: Any, default: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.default = default
-        self.no_args_is_help = False
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0].startswith("-") and args[0] not in ctx.help_option_names):
-            args = [self.default, *args]
-        return super().parse_args(ctx, args)
 
 
 class Duration(click.ParamType[float]):
@@ -71,37 +50,6 @@ DURATION = Duration()
 
 
 # --- output helpers --------------------------------------------------------------
-
-
-def _console() -> Console:
-    # No markup: names, reasons and details come from users and agents, and
-    # "[critical] disk full" must print as written.
-    console = Console(highlight=False, markup=False, emoji=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped: no terminal width to respect; keep each row on one line for grep.
-        console = Console(highlight=False, markup=False, emoji=False, width=240)
-    return console
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _print_json(body: Any) -> None:
-    click.echo(json.dumps(body, indent=2))
-
-
-def when(ts: float | None) -> str:
-    """A moment in local time; the date only when it is not today."""
-    if ts is None:
-        return "-"
-    moment = datetime.fromtimestamp(ts)
-    if moment.date() == datetime.now().date():
-        return moment.strftime("%H:%M:%S")
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ago(seconds: float | None) -> float | None:
@@ -219,9 +167,9 @@ def list_alerts(
         "/api/v1/alerts", state=state or ("active" if active else "all"), env=env, rule=rule, agent=agent
     )
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     rows: list[dict[str, Any]] = body["alerts"]
     if not rows:
         what = f"{state} alerts" if state else ("active alerts" if active else "alerts")
@@ -237,7 +185,9 @@ def list_alerts(
         summary.append(f"{counts[name]} {name}", style=STATE_STYLES[name])
     console.print(summary)
     now = time.time()
-    table = _table("STATE", "ALERT (RULE/AGENT)", "ENV", "VALUE", "SINCE", "SEVERITY", "NOTES", "LAST ACTION")
+    table = new_table(
+        "STATE", "ALERT (RULE/AGENT)", "ENV", "VALUE", "SINCE", "SEVERITY", "NOTES", "LAST ACTION"
+    )
     for alert in rows:
         table.add_row(
             _state(alert["state"]),
@@ -314,15 +264,15 @@ def history(
         "/api/v1/alerts/history", env=env, rule=rule, agent=agent, since=_ago(since), limit=limit
     )
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     rows: list[dict[str, Any]] = body["transitions"]
     if not rows:
         window = f" in the last {format_duration(round(since))}" if since else ""
         console.print(f"no alert state changes{_filters_note(env, rule, agent)}{window}")
         return
-    table = _table("TIME", "ALERT (RULE/AGENT)", "ENV", "CHANGE", "VALUE", "DETAIL")
+    table = new_table("TIME", "ALERT (RULE/AGENT)", "ENV", "CHANGE", "VALUE", "DETAIL")
     for row in rows:
         change = _state(row["from_state"])
         change.append(" -> ")
@@ -361,7 +311,7 @@ def acknowledge(key: str, gateway: str, token: str) -> None:
             ) from None
         raise
     alert = body["alert"]
-    console = _console()
+    console = plain_console()
     line = Text("acknowledged ")
     line.append(alert["key"], style="bold")
     line.append(" (")
@@ -403,7 +353,7 @@ def silence(target: str, duration: float, reason: str, env: str | None, gateway:
     )
     created = body["silence"]
     matching = int(body["matching_alerts"])
-    console = _console()
+    console = plain_console()
     line = Text("silenced ")
     line.append(created["target"], style="bold")
     line.append(f" in {created['env']}" if created.get("env") else " in every environment")
@@ -425,15 +375,15 @@ def silences(show_all: bool, as_json: bool, gateway: str, token: str) -> None:
     client = GatewayClient(gateway, token)
     body = client.get("/api/v1/silences", active="false" if show_all else "true")
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     rows: list[dict[str, Any]] = body["silences"]
     if not rows:
         console.print("no silences" if show_all else "no silences in force (--all for ended ones)")
         return
     now = time.time()
-    table = _table("ID", "TARGET", "ENV", "STATE", "UNTIL", "BY", "REASON")
+    table = new_table("ID", "TARGET", "ENV", "STATE", "UNTIL", "BY", "REASON")
     for row in rows:
         table.add_row(
             row["id"],
@@ -510,9 +460,9 @@ def list_rules(env: str | None, as_json: bool, gateway: str, token: str) -> None
     client = GatewayClient(gateway, token)
     body = client.get("/api/v1/alerts/rules", env=env)
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     environments: list[dict[str, Any]] = body["environments"]
     if not environments:
         console.print(
@@ -531,7 +481,7 @@ def list_rules(env: str | None, as_json: bool, gateway: str, token: str) -> None
             console.print(
                 Text(f"rules file not loaded, previous rules kept:\n{environment['error']}", style="bold red")
             )
-        table = _table(
+        table = new_table(
             "RULE", "CONDITION", "FOR", "SEVERITY", "ACTIONS", "DRY-RUN", "SOURCE", "PENDING", "FIRING"
         )
         for rule in environment["rules"]:
@@ -606,12 +556,12 @@ def check(file: str, env: str | None) -> None:
       clawtrace alerts rules check rules/prod.yaml --env prod
     """
     loaded = _load_local(file, env)
-    console = _console()
+    console = plain_console()
     count = len(loaded)
     console.print(Text(f"{file}: {count} rule{'s' if count != 1 else ''}, no problems", style="green"))
     if not loaded:
         return
-    table = _table("RULE", "CONDITION", "FOR", "SEVERITY", "ACTIONS", "SCOPE", "NOTES")
+    table = new_table("RULE", "CONDITION", "FOR", "SEVERITY", "ACTIONS", "SCOPE", "NOTES")
     for rule in loaded:
         notes = [note for flag, note in ((rule.dry_run, "dry-run"), (not rule.enabled, "disabled")) if flag]
         table.add_row(
@@ -652,7 +602,7 @@ def push(file: str, env: str, gateway: str, token: str) -> None:
             click.secho(line, fg="red", err=True)
         raise click.exceptions.Exit(1) from None
     names: list[str] = body["rules"]
-    console = _console()
+    console = plain_console()
     console.print(Text(f"pushed {file} as the rules of {body['env']}", style="green"))
     console.print(f"in force now ({len(names)}): {', '.join(names) or 'none'}")
 
@@ -710,15 +660,15 @@ def audit(
         limit=limit,
     )
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     rows: list[dict[str, Any]] = body["entries"]
     if not rows:
         on = f" on {target}" if target else ""
         console.print(f"no audit entries{on}{_envs_note(env)}")
         return
-    table = _table("TIME", "ACTOR", "ACTION", "TARGET", "ENV", "RESULT", "REASON", "DETAIL")
+    table = new_table("TIME", "ACTOR", "ACTION", "TARGET", "ENV", "RESULT", "REASON", "DETAIL")
     for row in rows:
         table.add_row(
             when(row["ts"]),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,14 +21,12 @@ import click
 import httpx
 import msgspec
 import yaml
-from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clawtrace.cli.alerts import DefaultGroup, when
 from clawtrace.cli.client import GatewayClient, GatewayError
 from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
+from clawtrace.cli.tables import DefaultGroup, new_table, plain_console, print_json, when
 from clawtrace.cli.top import fmt_age
 from clawtrace.policy import (
     AgentIdentity,
@@ -74,27 +71,6 @@ DEFAULT_ROLE = "default"
 
 
 # --- output helpers ------------------------------------------------------------------
-
-
-def _console() -> Console:
-    # No markup: commands, reasons and rule names come from users and agents, and
-    # "rm -rf [a-z]*" must print as written.
-    console = Console(highlight=False, markup=False, emoji=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped: no terminal width to respect; keep each row on one line for grep.
-        console = Console(highlight=False, markup=False, emoji=False, width=240)
-    return console
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _print_json(body: Any) -> None:
-    click.echo(json.dumps(body, indent=2))
 
 
 def _plural(count: int, word: str, words: str = "") -> str:
@@ -148,7 +124,7 @@ def _as_given(problem: str, location: Path, bundle: PolicyBundle) -> str:
 
 
 def policies_table(compiled: CompiledBundle) -> Table:
-    table = _table("POLICY", "EFFECT", "WHERE", "APPROVAL", "REASON")
+    table = new_table("POLICY", "EFFECT", "WHERE", "APPROVAL", "REASON")
     for info in compiled.policies.values():
         table.add_row(
             Text(info.name, style="bold"),
@@ -565,7 +541,7 @@ def check(path: str, env: str | None) -> None:
       clawtrace policy check my-rule.cedar
     """
     compiled = compile_local(path, env)
-    console = _console()
+    console = plain_console()
     count = _plural(len(compiled.policies), "policy", "policies")
     console.print(Text(f"{path}: {count}, version {compiled.bundle.version}, no problems", style="green"))
     console.print(policies_table(compiled))
@@ -695,7 +671,7 @@ def evaluate(
     decision = decider.decide(call)
     facts = decider.facts(call, decision)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "decision": decision.decision,
                 "rule": decision.rule,
@@ -704,7 +680,7 @@ def evaluate(
             }
         )
         raise click.exceptions.Exit(EXIT_CODES[decision.decision])
-    console = _console()
+    console = plain_console()
     headline = Text(decision.decision.upper().replace("_", " "), style=DECISION_STYLES[decision.decision])
     headline.append("  ")
     if decision.rule:
@@ -777,10 +753,12 @@ def test(path: str, cases_file: str, env: str | None, verbose: bool) -> None:
         raise click.exceptions.Exit(1) from None
     results = run_cases(compiled, compiled.bundle.env, cases)
     failed = [result for result in results if not result.passed]
-    console = _console()
+    console = plain_console()
     shown = results if verbose else failed
     if shown:
-        table = _table(*(["RESULT"] if verbose else []), "CASE", "LINE", "CALL", "EXPECTED", "GOT", "REASON")
+        table = new_table(
+            *(["RESULT"] if verbose else []), "CASE", "LINE", "CALL", "EXPECTED", "GOT", "REASON"
+        )
         for result in shown:
             case = result.case
             cells: list[str | Text] = [
@@ -871,7 +849,7 @@ def apply(path: str, env: str, gateway: str, token: str) -> None:
             click.secho(problem, fg="red", err=True)
         raise click.exceptions.Exit(1) from None
     version = str(body.get("version") or bundle.version)
-    console = _console()
+    console = plain_console()
     line = Text(f"{env}: version {version}", style="bold")
     if body.get("changed") is False:
         line.append(" unchanged (that content is already active)", style="bright_black")
@@ -914,9 +892,9 @@ def show(env: str, as_json: bool, gateway: str, token: str) -> None:
     """
     body = GatewayClient(gateway, token).get(_env_path(env))
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     active = body.get("active")
     if not active:
         console.print(
@@ -943,7 +921,7 @@ def show(env: str, as_json: bool, gateway: str, token: str) -> None:
     if history:
         console.print()
         console.print(Text("history (newest first)", style="bold"))
-        table = _table("VERSION", "ACTION", "APPLIED", "BY", "STATE")
+        table = new_table("VERSION", "ACTION", "APPLIED", "BY", "STATE")
         current = active.get("version") if active else None
         for index, entry in enumerate(history):
             version = str(entry.get("version", "?"))
@@ -988,7 +966,7 @@ def rollback(env: str, version: str, gateway: str, token: str) -> None:
                 f" `clawtrace policy show --env {env}` lists the versions that can be restored"
             ) from None
         raise
-    console = _console()
+    console = plain_console()
     line = Text(f"{env}: version {body.get('version') or version}", style="bold")
     if body.get("changed") is False:
         line.append(" is already active; nothing changed", style="bright_black")
@@ -1037,15 +1015,15 @@ def list_approvals(env: str | None, show_all: bool, as_json: bool, gateway: str,
         "/api/v1/approvals", env=env, state=None if show_all else "pending"
     )
     if as_json:
-        _print_json(body)
+        print_json(body)
         return
-    console = _console()
+    console = plain_console()
     rows: list[dict[str, Any]] = body.get("approvals") or []
     where = f" in {env}" if env else ""
     if not rows:
         console.print(f"no approvals{where}" if show_all else f"nothing is waiting for approval{where}")
         return
-    table = _table("ID", "STATE", "AGENT", "ENV", "CALL", "RULE", "REASON", "ASKED", "EXPIRES")
+    table = new_table("ID", "STATE", "AGENT", "ENV", "CALL", "RULE", "REASON", "ASKED", "EXPIRES")
     for row in rows:
         state = str(row.get("state") or "pending")
         table.add_row(
@@ -1108,7 +1086,7 @@ def _decide(approval_id: str, approve: bool, reason: str, gateway: str, token: s
     details = ", ".join(str(row[key]) for key in ("agent", "env") if row.get(key))
     line.append(f" ({details})" if details else "")
     line.append(f": {_call_text(row)}" if row.get("tool") else "")
-    console = _console()
+    console = plain_console()
     console.print(line)
     if approve:
         console.print("the agent's call runs now")
