@@ -15,7 +15,7 @@ from clawtrace.access import Credential
 from clawtrace.alerts.engine import SYSTEM_RULES, AlertEngine
 from clawtrace.alerts.model import METRICS, Alert, AuditEntry, Silence
 from clawtrace.alerts.rules_file import RuleError, dump_rules, format_duration
-from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, require
+from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, read_body, require
 from clawtrace.store import Store
 
 router = APIRouter()
@@ -151,15 +151,11 @@ async def create_silence(request: Request, credential: AnyCredential) -> Respons
     """Mute notifications and remediation of alerts of a rule or an agent (globs allowed)."""
     # The role before the body (whose env= is checked after): a viewer gets 403, not a 400 about it.
     require(credential, "operator")
-    try:
-        body = msgspec.json.decode(await request.body(), type=SilenceRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400,
-            "invalid_body",
-            'expected {"target": RULE or AGENT, "duration_seconds": N, "reason": "...", "env": ENV}: '
-            f"{exc}",
-        ) from None
+    body = await read_body(
+        request,
+        SilenceRequest,
+        '{"target": RULE or AGENT, "duration_seconds": N, "reason": "...", "env": ENV}',
+    )
     env = body.env
     if env is None and credential.env != "*":
         env = credential.env  # a credential for one environment silences only there

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket
@@ -34,6 +34,17 @@ def json_response(value: Any, status_code: int = 200) -> Response:
 class ApiError(HTTPException):
     def __init__(self, status_code: int, code: str, message: str) -> None:
         super().__init__(status_code=status_code, detail={"code": code, "message": message})
+
+
+B = TypeVar("B")
+
+
+async def read_body(request: Request, body_type: type[B], expected: str) -> B:
+    """The JSON body as ``body_type``, or a 400 saying what was expected and what was wrong."""
+    try:
+        return msgspec.json.decode(await request.body(), type=body_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ApiError(400, "invalid_body", f"expected {expected}: {exc}") from None
 
 
 def _credential(request: Request) -> Credential:
@@ -220,12 +231,7 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
     require(credential, "operator")
     record = await _readable_agent(request, credential, agent)
     require(credential, "operator", record.env)
-    try:
-        body = msgspec.json.decode(await request.body(), type=CommandRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400, "invalid_body", f'expected {{"action": {"|".join(_ACTIONS)}, "reason": "..."}}: {exc}'
-        ) from None
+    body = await read_body(request, CommandRequest, f'{{"action": {"|".join(_ACTIONS)}, "reason": "..."}}')
     if body.action not in _ACTIONS:
         raise ApiError(
             400, "invalid_body", f"unknown action {body.action!r}; supported: {', '.join(_ACTIONS)}"

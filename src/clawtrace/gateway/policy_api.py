@@ -18,7 +18,15 @@ from starlette.concurrency import run_in_threadpool
 
 from clawtrace.access import Credential
 from clawtrace.alerts.model import AuditEntry
-from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, require, require_ingest
+from clawtrace.gateway.api import (
+    AnyCredential,
+    ApiError,
+    Viewer_,
+    json_response,
+    read_body,
+    require,
+    require_ingest,
+)
 from clawtrace.gateway.policies import (
     DEFAULT_HOME,
     DEFAULT_WORKSPACE,
@@ -258,15 +266,11 @@ async def authorize(request: Request, credential: AnyCredential) -> Response:
     # The role before the body; the environment only after, since the agent the body names decides it.
     if credential.role != "agent":
         require(credential, "operator")
-    try:
-        body = msgspec.json.decode(await request.body(), type=AuthorizeRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400,
-            "invalid_body",
-            'expected {"agent": ID, "tool": NAME, "args": {...}, "cwd": PATH, "workspace": PATH}: '
-            + str(exc),
-        ) from None
+    body = await read_body(
+        request,
+        AuthorizeRequest,
+        '{"agent": ID, "tool": NAME, "args": {...}, "cwd": PATH, "workspace": PATH}',
+    )
     for name in ("cwd", "workspace", "home"):
         value = getattr(body, name)
         if value is not None and not value.startswith("/"):
@@ -370,12 +374,7 @@ async def answer_approval(request: Request, approval_id: str, credential: AnyCre
     require(credential, "operator")
     approval = await _readable_approval(request, credential, approval_id)
     require(credential, "operator", approval.env)
-    try:
-        body = msgspec.json.decode(await request.body(), type=AnswerRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400, "invalid_body", f'expected {{"approve": true|false, "reason": "..."}}: {exc}'
-        ) from None
+    body = await read_body(request, AnswerRequest, '{"approve": true|false, "reason": "..."}')
     actor = _actor(credential)
     try:
         decided = await _policies(request).answer(approval_id, body.approve, actor, body.reason)
