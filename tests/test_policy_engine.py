@@ -164,3 +164,12 @@ permit (principal, action == ClawTrace::Action::"unparsed", resource);
     )
     decision = engine.decide("exec", {"command": 'rm -rf / "'})
     assert (decision.decision, decision.rule) == ("require_approval", "exec-needs-a-person")
+
+
+def test_requests_carry_only_the_context_the_policies_read() -> None:
+    compiled = compile_bundle(PolicyBundle(env="prod", files={"rm.cedar": RM_POLICY}))
+    assert compiled.context_attrs == {"flags", "outside_workspace", "dynamic", "has_paths"}
+    # A policy that reads `context` as a whole gets all of it.
+    connect = 'permit (principal, action == ClawTrace::Action::"connect", resource)'
+    whole = f"{RM_POLICY}\n{connect} when {{ context == context }};"
+    assert compile_bundle(PolicyBundle(env="prod", files={"rm.cedar": whole})).context_attrs is None

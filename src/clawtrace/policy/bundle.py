@@ -94,6 +94,9 @@ class CompiledBundle:
     bundle: PolicyBundle
     policy_set: cedarpy.PolicySet
     policies: dict[str, PolicyInfo]  # by cedar_id
+    # The context attributes the policies read (None: the context as a whole is used).
+    # Requests carry only these: Cedar's cost grows with the context it parses.
+    context_attrs: frozenset[str] | None = None
 
 
 @cache
@@ -186,7 +189,38 @@ def compile_bundle(bundle: PolicyBundle) -> CompiledBundle:
             )
     if problems:
         raise PolicyError(problems)
-    return CompiledBundle(bundle, cedarpy.PolicySet.from_str(text), policies)
+    attrs: set[str] | None = set()
+    for policy in parsed.values():
+        attrs = _context_attrs(policy.get("conditions"), attrs)
+    return CompiledBundle(
+        bundle,
+        cedarpy.PolicySet.from_str(text),
+        policies,
+        None if attrs is None else frozenset(attrs),
+    )
+
+
+def _context_attrs(node: object, found: set[str] | None) -> set[str] | None:
+    """Add the ``context.x`` / ``context has x`` attributes read in a policy's JSON AST;
+    None once the context is used any other way (then every request carries all of it)."""
+    if found is None:
+        return None
+    if isinstance(node, list):
+        for item in node:
+            found = _context_attrs(item, found)
+        return found
+    if not isinstance(node, dict):
+        return found
+    for op in (".", "has"):
+        inner = node.get(op)
+        if isinstance(inner, dict) and inner.get("left") == {"Var": "context"} and "attr" in inner:
+            found.add(str(inner["attr"]))
+            return found
+    if node.get("Var") == "context":
+        return None
+    for value in node.values():
+        found = _context_attrs(value, found)
+    return found
 
 
 def _scoped_actions(scope: dict[str, object]) -> frozenset[str] | None:

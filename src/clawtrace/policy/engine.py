@@ -143,7 +143,7 @@ class PolicyEngine:
 
     def _exec_context(self, tool: str, command: str, fact: CommandFact) -> dict[str, Any]:
         words = [a for a in fact.args if not a.startswith("-")]
-        return {
+        context = {
             "tool": tool,
             "command": command,
             "subcommand": words[0] if words else "",
@@ -159,6 +159,9 @@ class PolicyEngine:
             "inline_code": fact.inline_code or "",
             "via": list(fact.via),
         }
+        # Only what the bundle's policies read: Cedar's cost grows with the context it parses.
+        wanted = self.compiled.context_attrs
+        return context if wanted is None else {k: v for k, v in context.items() if k in wanted}
 
     def _decide(
         self,
