@@ -93,6 +93,9 @@ def demo(port: int, host: str, data_dir: str, agents: int, env: str, faults: boo
     click.echo(f"  console:  {base}/login?token={viewer_token}")
     click.echo(f"  viewer credential: {viewer_token}")
     click.echo(f"  try:      clawtrace tail --env {env} -f --gateway {base} --token {viewer_token}")
+    # Some agents die, loop or overspend after a while: the default rules fire and remediate.
+    click.echo(f"            clawtrace alerts --gateway {base} --token {viewer_token}")
+    click.echo(f"            clawtrace audit --gateway {base} --token {viewer_token}")
     click.echo("  Ctrl-C stops everything.")
     server = EmbeddedServer(uvicorn_config(settings))
     asyncio.run(_run_demo(server, fleet_config, asyncio.Event()))
