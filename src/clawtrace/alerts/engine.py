@@ -59,6 +59,9 @@ class AlertEngine:
         self.stage = stage
         self.notifier = notifier
         self.remediator = remediator
+        # The budget counts this engine's agents; the notifier tells what it sent (to be saved).
+        remediator.env_size = self.env_size
+        notifier.on_sent = self.mark_notified
         self.settings = settings
         self._save = save
         self.clock = clock

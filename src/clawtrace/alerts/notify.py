@@ -231,7 +231,7 @@ class Notifier:
         self.settings = settings
         self.external_url = external_url.rstrip("/")
         self._clock = clock
-        self._on_sent = on_sent
+        self.on_sent = on_sent
         self._groups: dict[GroupKey, _Group] = {}
         # Which group each tracked alert is in.
         self._where: dict[AlertKey, GroupKey] = {}
@@ -424,9 +424,9 @@ class Notifier:
                 del group.alerts[ident]
                 if self._where.get(ident) == group.key:
                     del self._where[ident]
-        if included and self._on_sent is not None:
+        if included and self.on_sent is not None:
             try:
-                self._on_sent(list(included.values()))
+                self.on_sent(list(included.values()))
             except Exception:
                 log.exception("alert notifier: on_sent failed")
 

@@ -57,7 +57,7 @@ class Remediator:
         self.driver = driver
         self._quarantine = quarantine
         self._audit = audit
-        self._env_size = env_size
+        self.env_size = env_size
         self.settings = settings
         self.clock = clock
         self._agents: dict[str, _AgentState] = {}
@@ -76,7 +76,7 @@ class Remediator:
         return state
 
     def budget(self, env: str) -> int:
-        return max(1, math.floor(self.settings.budget_fraction * self._env_size(env)))
+        return max(1, math.floor(self.settings.budget_fraction * self.env_size(env)))
 
     def _spent_in_window(self, env: str, now: float) -> collections.deque[float]:
         spent = self._spent.setdefault(env, collections.deque())

@@ -47,21 +47,13 @@ def build_alert_engine(
     node = NodeAgentDriver(commands)
     driver: RemediationDriver = container_driver(alert_settings.driver) or node
     rulebook = RuleBook(settings.rules_path, alert_settings.default_rules)
-    engine_ref: list[AlertEngine] = []
-
-    def env_size(env: str) -> int:
-        return engine_ref[0].env_size(env) if engine_ref else 0
-
     # Quarantine is the gateway's own (a policy), whichever driver restarts containers.
-    remediator = Remediator(driver, node.quarantine, audit, env_size, alert_settings)
+    # Its environment sizes come from the engine, which wires itself in.
+    remediator = Remediator(driver, node.quarantine, audit, lambda env: 0, alert_settings)
     notifier = Notifier(
-        build_receivers(alert_settings.receivers),
-        alert_settings,
-        external_url=settings.external_url,
-        on_sent=lambda alerts: engine_ref[0].mark_notified(alerts) if engine_ref else None,
+        build_receivers(alert_settings.receivers), alert_settings, external_url=settings.external_url
     )
     engine = AlertEngine(rulebook, metrics, notifier, remediator, alert_settings, save)
-    engine_ref.append(engine)
     engine.restore(store.load_alerts(), store.list_silences(), store.list_agents())
     window = max(alert_settings.budget_window_seconds, alert_settings.give_up_window_seconds)
     remediator.restore(
