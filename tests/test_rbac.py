@@ -391,6 +391,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/approvals"): Access(VIEWER),
     ("GET", "/api/v1/approvals/{approval_id}"): Access(VIEWER),
     ("POST", "/api/v1/approvals/{approval_id}"): Access(OPERATOR),
+    # Releases belong to no environment until promoted: operator (viewer) in any environment.
+    ("POST", "/api/v1/releases"): Access(OPERATOR),
+    ("GET", "/api/v1/releases"): Access(VIEWER),
+    ("GET", "/api/v1/releases/{ref}"): Access(VIEWER),
 }
 
 
@@ -511,6 +515,7 @@ def test_route_against_role(
         "silence_id": silence_id,
         "key": "no-such-alert",
         "approval_id": "no-such-approval",
+        "ref": "no-such-release",
     }
     path = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], template)
     response = call(gw, method, path, token_for(gw, who))

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "agent": "clawtrace.cli.agent:agent",
     "policy": "clawtrace.cli.policy:policy",
     "approvals": "clawtrace.cli.policy:approvals",
+    "release": "clawtrace.cli.release:release",
 }
 
 
@@ -66,6 +67,7 @@ def cli() -> None:
       clawtrace agent quarantine A    restart, stop, quarantine or release an agent
       clawtrace policy eval ...       what tool policy decides for a call (check, test, apply)
       clawtrace approvals             tool calls waiting for a person; approve or reject them
+      clawtrace release create DIR    an immutable agent release (list, show, diff A B)
       clawtrace audit                 who restarted, quarantined or silenced what, and why
     """
 

@@ -31,6 +31,7 @@ from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.policies import PolicyService
 from clawtrace.gateway.policy_api import router as policy_router
 from clawtrace.gateway.redaction import DEFAULT_PATTERNS, Redactor
+from clawtrace.gateway.releases_api import router as releases_router
 from clawtrace.gateway.retention import retention_loop
 from clawtrace.gateway.settings import GatewaySettings
 from clawtrace.gateway.writer import StoreWriter
@@ -145,6 +146,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(alerts_router)
     app.include_router(policy_router)
+    app.include_router(releases_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 

@@ -217,6 +217,42 @@ class AgentEnvMismatch(StoreError):
     pass
 
 
+class ReleaseRecord(msgspec.Struct, kw_only=True):
+    """One stored release (clawtrace.envs.Release, kept opaque here: the store does not hash or check)."""
+
+    id: str
+    role: str
+    version: str
+    manifest: str  # the Manifest as JSON
+    content: bytes  # the files (path -> text) as JSON
+    created: float
+    created_by: str
+
+
+# The fewest leading hex digits of a release id that ``get_release`` looks up as a prefix.
+MIN_RELEASE_PREFIX = 6
+
+
+class ReleaseConflict(StoreError):
+    """ROLE@VERSION already names another release: a version label is given once."""
+
+    def __init__(self, existing: ReleaseRecord) -> None:
+        super().__init__(
+            f"{existing.role}@{existing.version} is already release {existing.id[:12]}"
+            " with other content: give this one a new version label"
+        )
+        self.existing = existing
+
+
+class AmbiguousRelease(StoreError):
+    """An id prefix that several releases start with."""
+
+    def __init__(self, ref: str, ids: list[str]) -> None:
+        shown = ", ".join(i[:12] for i in ids[:5])
+        super().__init__(f"{ref!r} is the start of {len(ids)} release ids ({shown}): give more of the id")
+        self.ids = ids
+
+
 class Store(abc.ABC):
     """Durable home of events, the agents registry, sessions and credentials.
 
@@ -419,6 +455,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def expire_approvals(self, now: float) -> int:
         """Mark pending approvals whose time is up as expired; returns how many."""
+
+    # --- agent releases ------------------------------------------------------
+    # Immutable: there is deliberately no update or delete.
+    @abc.abstractmethod
+    def add_release(self, record: ReleaseRecord) -> bool:
+        """Store ``record``; False if that id is already stored (a resend).
+
+        Raises ReleaseConflict if its ROLE@VERSION already names another id.
+        """
+
+    @abc.abstractmethod
+    def get_release(self, ref: str) -> ReleaseRecord | None:
+        """By full id, by a unique prefix of >= MIN_RELEASE_PREFIX hex digits, or by ROLE@VERSION.
+
+        Raises AmbiguousRelease for a prefix several ids share.
+        """
+
+    @abc.abstractmethod
+    def list_releases(self, role: str | None = None) -> list[ReleaseRecord]:
+        """Newest first."""
 
 
 def labels_json(labels: dict[str, str]) -> str:

@@ -14,7 +14,15 @@ import sqlalchemy as sa
 
 from clawtrace.alerts.model import Alert, AuditEntry, Silence, Transition
 from clawtrace.store import schema
-from clawtrace.store.base import ApprovalRecord, PolicyRecord, QuarantineRecord
+from clawtrace.store.base import (
+    MIN_RELEASE_PREFIX,
+    AmbiguousRelease,
+    ApprovalRecord,
+    PolicyRecord,
+    QuarantineRecord,
+    ReleaseConflict,
+    ReleaseRecord,
+)
 
 _alert_decoder = msgspec.json.Decoder(Alert)
 
@@ -307,6 +315,45 @@ class CoreControlTables:
         with self.engine.begin() as c:
             return int(c.execute(statement).rowcount)
 
+    # --- agent releases --------------------------------------------------
+
+    def add_release(self, record: ReleaseRecord) -> bool:
+        table = schema.releases
+        with self.engine.begin() as c:
+            if c.execute(sa.select(table.c.id).where(table.c.id == record.id)).first() is not None:
+                return False
+            same_label = c.execute(
+                sa.select(table).where(table.c.role == record.role, table.c.version == record.version)
+            ).first()
+            if same_label is not None:
+                raise ReleaseConflict(_release(same_label))
+            c.execute(table.insert().values(**msgspec.structs.asdict(record)))
+        return True
+
+    def get_release(self, ref: str) -> ReleaseRecord | None:
+        table = schema.releases
+        role, at, version = ref.partition("@")
+        if at:
+            query = sa.select(table).where(table.c.role == role, table.c.version == version)
+        elif len(ref) < MIN_RELEASE_PREFIX:
+            return None
+        else:
+            # Ids are lower-case hex: a prefix with LIKE wildcards in it matches nothing anyway.
+            query = sa.select(table).where(table.c.id.startswith(ref.lower(), autoescape=True)).limit(20)
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        if len(rows) > 1:
+            raise AmbiguousRelease(ref, sorted(row.id for row in rows))
+        return _release(rows[0]) if rows else None
+
+    def list_releases(self, role: str | None = None) -> list[ReleaseRecord]:
+        table = schema.releases
+        query = sa.select(table).order_by(table.c.created.desc(), table.c.id)
+        if role is not None:
+            query = query.where(table.c.role == role)
+        with self.engine.connect() as c:
+            return [_release(row) for row in c.execute(query).all()]
+
 
 def _policy(row: Any) -> PolicyRecord:
     return PolicyRecord(
@@ -350,4 +397,16 @@ def _silence(row: Any) -> Silence:
         created_by=row.created_by,
         reason=row.reason,
         expired_by=row.expired_by,
+    )
+
+
+def _release(row: Any) -> ReleaseRecord:
+    return ReleaseRecord(
+        id=row.id,
+        role=row.role,
+        version=row.version,
+        manifest=row.manifest,
+        content=bytes(row.content),
+        created=row.created,
+        created_by=row.created_by,
     )

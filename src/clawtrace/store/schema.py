@@ -201,3 +201,22 @@ approvals = sa.Table(
     sa.Index("ix_approvals_state", "state", "env"),
     sa.Index("ix_approvals_created", "created"),
 )
+
+# --- agent releases (clawtrace.envs) --------------------------------------
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    # Immutable and content-addressed: the id is the sha256 of what is stored, so rows are
+    # inserted once and never updated.
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    # The referenced files (path -> text) as JSON.
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    # ROLE@VERSION names one release.
+    sa.Index("ix_releases_role_version", "role", "version", unique=True),
+)
