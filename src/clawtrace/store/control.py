@@ -7,7 +7,7 @@ at most, so portability matters more than the last microsecond.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -88,21 +88,7 @@ class CoreControlTables:
             query = query.where(table.c.ts >= since)
         with self.engine.connect() as c:
             rows = c.execute(query).all()
-        return [
-            Transition(
-                ts=r.ts,
-                rule=r.rule,
-                agent=r.agent,
-                env=r.env,
-                from_state=r.from_state,
-                to_state=r.to_state,
-                value=r.value,
-                threshold=r.threshold,
-                fingerprint=r.fingerprint,
-                detail=r.detail,
-            )
-            for r in rows
-        ]
+        return [record_from_row(r, Transition) for r in rows]
 
     def prune_alert_history(self, transitions_before: float, audit_before: float) -> int:
         with self.engine.begin() as c:
@@ -125,7 +111,7 @@ class CoreControlTables:
             row = c.execute(sa.select(table).where(table.c.id == silence_id)).first()
             if row is None:
                 return None
-            silence = _silence(row)
+            silence = record_from_row(row, Silence)
             if silence.expired_by is None and silence.ends > now:
                 c.execute(table.update().where(table.c.id == silence_id).values(ends=now, expired_by=actor))
                 silence = msgspec.structs.replace(silence, ends=now, expired_by=actor)
@@ -137,7 +123,7 @@ class CoreControlTables:
         if active_at is not None:
             query = query.where(table.c.starts <= active_at, table.c.ends > active_at)
         with self.engine.connect() as c:
-            return [_silence(row) for row in c.execute(query).all()]
+            return [record_from_row(row, Silence) for row in c.execute(query).all()]
 
     def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:
@@ -205,10 +191,7 @@ class CoreControlTables:
     def list_quarantines(self) -> list[QuarantineRecord]:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(schema.quarantines)).all()
-        return [
-            QuarantineRecord(agent=r.agent, env=r.env, since=r.since, reason=r.reason, actor=r.actor)
-            for r in rows
-        ]
+        return [record_from_row(r, QuarantineRecord) for r in rows]
 
     # --- tool policy -----------------------------------------------------
 
@@ -224,13 +207,13 @@ class CoreControlTables:
         table = schema.policy_bundles
         with self.engine.connect() as c:
             rows = c.execute(sa.select(table).where(table.c.active).order_by(table.c.env)).all()
-        return [_policy(row) for row in rows]
+        return [record_from_row(row, PolicyRecord) for row in rows]
 
     def policy_history(self, env: str, limit: int = 100) -> list[PolicyRecord]:
         table = schema.policy_bundles
         query = sa.select(table).where(table.c.env == env).order_by(table.c.id.desc()).limit(limit)
         with self.engine.connect() as c:
-            return [_policy(row) for row in c.execute(query).all()]
+            return [record_from_row(row, PolicyRecord) for row in c.execute(query).all()]
 
     def find_policy(self, env: str, version: str) -> PolicyRecord | None:
         table = schema.policy_bundles
@@ -242,7 +225,7 @@ class CoreControlTables:
         )
         with self.engine.connect() as c:
             row = c.execute(query).first()
-        return None if row is None else _policy(row)
+        return None if row is None else record_from_row(row, PolicyRecord)
 
     def add_approvals(self, approvals: Sequence[ApprovalRecord]) -> None:
         if not approvals:
@@ -264,7 +247,7 @@ class CoreControlTables:
         table = schema.approvals
         with self.engine.connect() as c:
             row = c.execute(sa.select(table).where(table.c.id == approval_id)).first()
-        return None if row is None else _approval(row)
+        return None if row is None else record_from_row(row, ApprovalRecord)
 
     def list_approvals(
         self,
@@ -283,7 +266,7 @@ class CoreControlTables:
         if agent is not None:
             query = query.where(table.c.agent == agent)
         with self.engine.connect() as c:
-            return [_approval(row) for row in c.execute(query).all()]
+            return [record_from_row(row, ApprovalRecord) for row in c.execute(query).all()]
 
     def decide_approval(
         self,
@@ -326,7 +309,7 @@ class CoreControlTables:
                 sa.select(table).where(table.c.role == record.role, table.c.version == record.version)
             ).first()
             if same_label is not None:
-                raise ReleaseConflict(_release(same_label))
+                raise ReleaseConflict(record_from_row(same_label, ReleaseRecord))
             c.execute(table.insert().values(**msgspec.structs.asdict(record)))
         return True
 
@@ -344,7 +327,7 @@ class CoreControlTables:
             rows = c.execute(query).all()
         if len(rows) > 1:
             raise AmbiguousRelease(ref, sorted(row.id for row in rows))
-        return _release(rows[0]) if rows else None
+        return record_from_row(rows[0], ReleaseRecord) if rows else None
 
     def list_releases(self, role: str | None = None) -> list[ReleaseRecord]:
         table = schema.releases
@@ -352,61 +335,14 @@ class CoreControlTables:
         if role is not None:
             query = query.where(table.c.role == role)
         with self.engine.connect() as c:
-            return [_release(row) for row in c.execute(query).all()]
+            return [record_from_row(row, ReleaseRecord) for row in c.execute(query).all()]
 
 
-def _policy(row: Any) -> PolicyRecord:
-    return PolicyRecord(
-        env=row.env,
-        version=row.version,
-        bundle=row.bundle,
-        applied_by=row.applied_by,
-        applied_at=row.applied_at,
-        action=row.action,
-        active=bool(row.active),
-    )
+R = TypeVar("R")
 
 
-def _approval(row: Any) -> ApprovalRecord:
-    return ApprovalRecord(
-        id=row.id,
-        agent=row.agent,
-        env=row.env,
-        tool=row.tool,
-        command=row.command,
-        rule=row.rule,
-        reason=row.reason,
-        call_id=row.call_id,
-        policy_version=row.policy_version,
-        created=row.created,
-        expires=row.expires,
-        state=row.state,
-        decided_by=row.decided_by,
-        decided_at=row.decided_at,
-        decision_reason=row.decision_reason,
-    )
-
-
-def _silence(row: Any) -> Silence:
-    return Silence(
-        id=row.id,
-        target=row.target,
-        env=row.env,
-        starts=row.starts,
-        ends=row.ends,
-        created_by=row.created_by,
-        reason=row.reason,
-        expired_by=row.expired_by,
-    )
-
-
-def _release(row: Any) -> ReleaseRecord:
-    return ReleaseRecord(
-        id=row.id,
-        role=row.role,
-        version=row.version,
-        manifest=row.manifest,
-        content=bytes(row.content),
-        created=row.created,
-        created_by=row.created_by,
-    )
+def record_from_row(row: Any, record_type: type[R]) -> R:
+    """A row as one of the store's records, by column name (extra columns, like ids, are ignored)."""
+    # str(): column names may be a str subclass, which msgspec does not take as a key.
+    # strict=False: SQLite gives 0/1 for booleans, a driver may give memoryview for bytes.
+    return msgspec.convert({str(k): v for k, v in row._mapping.items()}, record_type, strict=False)

@@ -26,7 +26,7 @@ from clawtrace.store.base import (
     labels_from_json,
     labels_json,
 )
-from clawtrace.store.control import CoreControlTables
+from clawtrace.store.control import CoreControlTables, record_from_row
 from clawtrace.store.migrate import upgrade_to_head
 
 _PRAGMAS = (
@@ -71,19 +71,6 @@ _AGENT_COLUMNS = (
     "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
     " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle"
 )
-
-
-def _token_from_row(row: Any) -> TokenRecord:
-    return TokenRecord(
-        id=row.id,
-        secret_hash=row.secret_hash,
-        env=row.env,
-        role=row.role,
-        name=row.name,
-        created=row.created,
-        expires=row.expires,
-        revoked=row.revoked,
-    )
 
 
 class SQLiteStore(CoreControlTables, Store):
@@ -428,12 +415,12 @@ class SQLiteStore(CoreControlTables, Store):
     def get_token(self, token_id: str) -> TokenRecord | None:
         with self.engine.connect() as c:
             row = c.execute(sa.select(schema.tokens).where(schema.tokens.c.id == token_id)).first()
-        return None if row is None else _token_from_row(row)
+        return None if row is None else record_from_row(row, TokenRecord)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self.engine.connect() as c:
             return [
-                _token_from_row(row)
+                record_from_row(row, TokenRecord)
                 for row in c.execute(sa.select(schema.tokens).order_by(schema.tokens.c.created))
             ]
 
