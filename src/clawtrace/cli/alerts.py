@@ -14,7 +14,7 @@ from rich.text import Text
 
 from clawtrace.alerts.model import Rule
 from clawtrace.alerts.rules_file import RuleError, format_duration, load_rules_file, parse_duration
-from clawtrace.cli.client import GatewayClient, GatewayError
+from clawtrace.cli.client import GatewayClient, GatewayError, when_missing
 from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
 from clawtrace.cli.tables import DefaultGroup, new_table, plain_console, print_json, when
 from clawtrace.cli.top import fmt_age, fmt_number
@@ -302,14 +302,8 @@ def acknowledge(key: str, gateway: str, token: str) -> None:
     listed until it resolves. Needs an operator credential.
     """
     client = GatewayClient(gateway, token)
-    try:
+    with when_missing(f"no live alert {key!r}; `clawtrace alerts` lists them with their keys (RULE/AGENT)"):
         body = client.post(f"/api/v1/alerts/{quote(key, safe='/')}/ack")
-    except GatewayError as exc:
-        if exc.status == 404:
-            raise click.ClickException(
-                f"no live alert {key!r}; `clawtrace alerts` lists them with their keys (RULE/AGENT)"
-            ) from None
-        raise
     alert = body["alert"]
     console = plain_console()
     line = Text("acknowledged ")
@@ -414,14 +408,10 @@ def unsilence(silence_id: str, gateway: str, token: str) -> None:
     """End the silence ID now (`clawtrace alerts silences` lists the ids); its
     alerts notify and remediate again. Needs an operator credential."""
     client = GatewayClient(gateway, token)
-    try:
+    with when_missing(
+        f"no silence {silence_id!r}; `clawtrace alerts silences --all` lists them with their ids"
+    ):
         body = client.delete(f"/api/v1/silences/{quote(silence_id, safe='')}")
-    except GatewayError as exc:
-        if exc.status == 404:
-            raise click.ClickException(
-                f"no silence {silence_id!r}; `clawtrace alerts silences --all` lists them with their ids"
-            ) from None
-        raise
     ended = body["silence"]
     by = f" (lifted by {ended['expired_by']})" if ended.get("expired_by") else ""
     click.echo(f"silence {ended['id']} of {ended['target']} ended at {when(ended['ends'])}{by}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +29,17 @@ class GatewayError(click.ClickException):
         self.status = status
         self.code = code
         self.detail = message
+
+
+@contextlib.contextmanager
+def when_missing(message: str) -> Iterator[None]:
+    """Say ``message`` (what was not found and how to list what exists) for the gateway's 404."""
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.status == 404:
+            raise click.ClickException(message) from None
+        raise
 
 
 class GatewayClient:

@@ -24,7 +24,7 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
-from clawtrace.cli.client import GatewayClient, GatewayError
+from clawtrace.cli.client import GatewayClient, GatewayError, when_missing
 from clawtrace.cli.options import admin_gateway_options, gateway_options, operator_gateway_options
 from clawtrace.cli.tables import DefaultGroup, new_table, plain_console, print_json, when
 from clawtrace.cli.top import fmt_age
@@ -957,15 +957,11 @@ def rollback(env: str, version: str, gateway: str, token: str) -> None:
       clawtrace policy rollback --env prod --version 3f2a9c1b0e4d
     """
     client = GatewayClient(gateway, token)
-    try:
+    with when_missing(
+        f"{env} never had policy version {version!r};"
+        f" `clawtrace policy show --env {env}` lists the versions that can be restored"
+    ):
         body = client.post(f"{_env_path(env)}/rollback", version=version)
-    except GatewayError as exc:
-        if exc.status == 404:
-            raise click.ClickException(
-                f"{env} never had policy version {version!r};"
-                f" `clawtrace policy show --env {env}` lists the versions that can be restored"
-            ) from None
-        raise
     console = plain_console()
     line = Text(f"{env}: version {body.get('version') or version}", style="bold")
     if body.get("changed") is False:
@@ -1069,16 +1065,10 @@ def _expires_text(row: Mapping[str, Any], state: str) -> Text:
 
 def _decide(approval_id: str, approve: bool, reason: str, gateway: str, token: str) -> None:
     client = GatewayClient(gateway, token)
-    try:
+    with when_missing(f"no approval {approval_id!r}; `clawtrace approvals --all` lists them with their ids"):
         body = client.post(
             f"/api/v1/approvals/{quote(approval_id, safe='')}", {"approve": approve, "reason": reason}
         )
-    except GatewayError as exc:
-        if exc.status == 404:
-            raise click.ClickException(
-                f"no approval {approval_id!r}; `clawtrace approvals --all` lists them with their ids"
-            ) from None
-        raise
     row = body.get("approval", body) if isinstance(body, dict) else {}
     verb = "approved" if approve else "rejected"
     line = Text(f"{verb} ", style="green" if approve else "red")
