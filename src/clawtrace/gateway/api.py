@@ -39,10 +39,14 @@ class ApiError(HTTPException):
 B = TypeVar("B")
 
 
-async def read_body(request: Request, body_type: type[B], expected: str) -> B:
-    """The JSON body as ``body_type``, or a 400 saying what was expected and what was wrong."""
+async def read_body(request: Request, body_type: type[B], expected: str, max_bytes: int | None = None) -> B:
+    """The JSON body as ``body_type``, or a 400 saying what was expected and what was wrong
+    (413 above ``max_bytes``)."""
+    raw = await request.body()
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ApiError(413, "too_large", f"the body may be at most {max_bytes} bytes of JSON")
     try:
-        return msgspec.json.decode(await request.body(), type=body_type)
+        return msgspec.json.decode(raw, type=body_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ApiError(400, "invalid_body", f"expected {expected}: {exc}") from None
 

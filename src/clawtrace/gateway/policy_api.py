@@ -163,17 +163,12 @@ async def apply_policy(request: Request, env: str, credential: AnyCredential) ->
     """Validate a bundle, make it ``env``'s active one and push it to the environment's node agents."""
     _check_env(env)
     require(credential, "admin", env)
-    raw = await request.body()
-    if len(raw) > MAX_BUNDLE_BYTES:
-        raise ApiError(413, "too_large", f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes of JSON")
-    try:
-        body = msgspec.json.decode(raw, type=BundleRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400,
-            "invalid_body",
-            f'expected {{"files": {{"NAME.cedar": "policy text", ...}}, "settings": {{...}}}}: {exc}',
-        ) from None
+    body = await read_body(
+        request,
+        BundleRequest,
+        '{"files": {"NAME.cedar": "policy text", ...}, "settings": {...}}',
+        MAX_BUNDLE_BYTES,
+    )
     bad = [name for name in body.files if not _FILE.match(name)]
     if bad or not body.files:
         raise ApiError(

@@ -31,7 +31,7 @@ from clawtrace.envs.release import (
     parse_ref,
     verify_release,
 )
-from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, require
+from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, read_body, require
 from clawtrace.store import Store
 from clawtrace.store.base import AmbiguousRelease, ReleaseConflict, ReleaseRecord
 
@@ -79,18 +79,13 @@ def full_view(record: ReleaseRecord) -> dict[str, Any]:
 async def create_release(request: Request, credential: AnyCredential) -> Response:
     """Store a release built by ``clawtrace release create`` (idempotent: 201 new, 200 already there)."""
     require(credential, "operator")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"a release body may be at most {MAX_BODY_BYTES} bytes")
-    try:
-        release = msgspec.json.decode(raw, type=Release)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            400,
-            "invalid_body",
-            f'expected a release {{"id": ..., "manifest": {{...}}, "files": {{"PATH": "text"}}}}'
-            f" as `clawtrace release create` sends it: {exc}",
-        ) from None
+    release = await read_body(
+        request,
+        Release,
+        'a release {"id": ..., "manifest": {...}, "files": {"PATH": "text"}}'
+        " as `clawtrace release create` sends it",
+        MAX_BODY_BYTES,
+    )
     try:
         await run_in_threadpool(verify_release, release)
     except ReleaseIdMismatch as exc:
