@@ -395,6 +395,17 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/releases"): Access(OPERATOR),
     ("GET", "/api/v1/releases"): Access(VIEWER),
     ("GET", "/api/v1/releases/{ref}"): Access(VIEWER),
+    # Environments: the role is checked again in the environment the body names.
+    ("GET", "/api/v1/envs"): Access(VIEWER),
+    ("GET", "/api/v1/envs/diff"): Access(VIEWER),
+    ("GET", "/api/v1/envs/{env}/roles/{role}"): Access(VIEWER),
+    ("POST", "/api/v1/deployments"): Access(OPERATOR),
+    # A viewer may only ask for the gates (check: true).
+    ("POST", "/api/v1/promotions"): Access(VIEWER),
+    ("POST", "/api/v1/promotions/approvals"): Access(ADMIN),
+    ("POST", "/api/v1/rollbacks"): Access(OPERATOR),
+    # Node agents fetch the releases their environment was given.
+    ("GET", "/v1/releases/{release_id}"): Access(INGEST),
 }
 
 
@@ -516,6 +527,8 @@ def test_route_against_role(
         "key": "no-such-alert",
         "approval_id": "no-such-approval",
         "ref": "no-such-release",
+        "role": "researcher",
+        "release_id": "0" * 64,
     }
     path = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], template)
     response = call(gw, method, path, token_for(gw, who))

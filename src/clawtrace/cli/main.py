@@ -28,6 +28,10 @@ COMMANDS: dict[str, str] = {
     "policy": "clawtrace.cli.policy:policy",
     "approvals": "clawtrace.cli.policy:approvals",
     "release": "clawtrace.cli.release:release",
+    "deploy": "clawtrace.cli.envs:deploy",
+    "promote": "clawtrace.cli.envs:promote",
+    "rollback": "clawtrace.cli.envs:rollback",
+    "env": "clawtrace.cli.envs:env",
 }
 
 
@@ -68,6 +72,8 @@ def cli() -> None:
       clawtrace policy eval ...       what tool policy decides for a call (check, test, apply)
       clawtrace approvals             tool calls waiting for a person; approve or reject them
       clawtrace release create DIR    an immutable agent release (list, show, diff A B)
+      clawtrace deploy R --env dev    make release R the one its role's agents run in dev
+      clawtrace promote R --to prod   dev -> staging -> prod through gates (rollback, env diff)
       clawtrace audit                 who restarted, quarantined or silenced what, and why
     """
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -27,9 +27,6 @@ from clawtrace.protocol import (
 )
 from clawtrace.protocol.messages import Ack
 from clawtrace.store import AgentEnvMismatch, AgentInfo
-
-if TYPE_CHECKING:
-    from clawtrace.gateway.policies import PolicyService
 
 log = logging.getLogger("clawtrace.gateway.agents")
 
@@ -68,13 +65,11 @@ class AgentConnection:
         pipeline: Pipeline,
         auth: Authenticator,
         settings: GatewaySettings,
-        policies: PolicyService | None = None,
     ) -> None:
         self.ws = ws
         self.pipeline = pipeline
         self.auth = auth
         self.settings = settings
-        self.policies = policies
         self._send_lock = asyncio.Lock()
         # Commands for this agent before its welcome went out wait here: nothing precedes the welcome.
         self._early_commands: list[bytes] | None = []
@@ -113,18 +108,20 @@ class AgentConnection:
             return
         await self.send(data)
 
-    async def _welcomed(self, env: str) -> None:
-        """After the welcome: commands that came meanwhile, then the environment's current policy.
+    async def _welcomed(self, info: AgentInfo) -> None:
+        """After the welcome: commands that came meanwhile, then what brings the node agent up to
+        date (``pipeline.welcome_commands``: its environment's policy, its role's release).
 
-        The policy goes last, read now, so that an older bundle among the
+        Those go last, read now, so that an older bundle or release among the
         early commands can never be the last word.
         """
         # One hold of the send lock: a command sent meanwhile queues behind all of these.
         async with self._send_lock:
             queued, self._early_commands = self._early_commands or [], None
-            command = self.policies.command_for(env) if self.policies is not None else None
-            if command is not None:
-                queued.append(encode(command))
+            for welcome_command in self.pipeline.welcome_commands:
+                command = welcome_command(info)
+                if command is not None:
+                    queued.append(encode(command))
             for data in queued:
                 if self.ws.application_state != WebSocketState.CONNECTED:
                     return
@@ -155,7 +152,7 @@ class AgentConnection:
         except PermissionDenied as exc:
             await self.refuse(ErrorCode.FORBIDDEN, str(exc), CloseCode.FORBIDDEN)
             return
-        info = AgentInfo(hello.agent, hello.env, hello.region, dict(hello.labels), hello.release)
+        info = AgentInfo(hello.agent, hello.env, hello.region, dict(hello.labels), hello.release, hello.role)
         try:
             state = await self.pipeline.attach(info, self)
         except AgentEnvMismatch as exc:
@@ -175,7 +172,7 @@ class AgentConnection:
                     )
                 )
             )
-            await self._welcomed(hello.env)
+            await self._welcomed(info)
             await self._read_events(state)
         except WebSocketDisconnect:
             pass

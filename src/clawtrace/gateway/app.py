@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
@@ -20,11 +20,14 @@ from clawtrace.access import Authenticator, RefusalAudit
 from clawtrace.bus import open_bus
 from clawtrace.console import STATIC_DIR as CONSOLE_STATIC
 from clawtrace.console import router as console_router
+from clawtrace.envs.rollout import FiringAlert
 from clawtrace.gateway.agent_socket import AgentConnection
 from clawtrace.gateway.alerting import build_alert_engine
 from clawtrace.gateway.alerts_api import router as alerts_router
 from clawtrace.gateway.api import json_response, router
 from clawtrace.gateway.commands import CommandService
+from clawtrace.gateway.deployments import DeploymentService
+from clawtrace.gateway.envs_api import router as envs_router
 from clawtrace.gateway.live import LiveHub
 from clawtrace.gateway.metrics_api import router as metrics_router
 from clawtrace.gateway.pipeline import Pipeline
@@ -59,7 +62,9 @@ def build_metrics(settings: GatewaySettings, pipeline: Pipeline) -> MetricsStage
     )
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The gateway; ``clock`` is what promotion gates and rollouts take as now (tests move it)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.store, settings.data_path)
@@ -85,10 +90,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         policies = PolicyService(pipeline, writer, commands)
         policies.load()
         pipeline.policy_sink = policies.record_decisions
+        pipeline.welcome_commands.append(lambda info: policies.command_for(info.env))
         alerts = None
         if settings.alerts.enabled and settings.metrics_enabled:
             alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)
             await alerts.start()
+
+        def firing(env: str) -> Iterator[FiringAlert]:
+            if alerts is None:
+                return
+            for alert in list(alerts.alerts.values()):
+                if alert.state == "firing" and alert.env == env and alert.agent:
+                    yield FiringAlert(alert.rule, alert.agent)
+
+        deployments = DeploymentService(
+            settings.promotion, pipeline, writer, commands, metrics, firing, clock=clock
+        )
+        deployments.load()
+        await deployments.start()
         collector = FleetCollector(
             metrics,
             lambda: IngestCounters(
@@ -104,6 +123,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.commands = commands
         app.state.policies = policies
         app.state.alerts = alerts
+        app.state.deployments = deployments
         app.state.prometheus_collector = collector
         app.state.prometheus_registry = registry_for(collector)
         app.state.settings = settings
@@ -117,6 +137,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
+            await deployments.close()
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention
@@ -147,14 +168,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(policy_router)
     app.include_router(releases_router)
+    app.include_router(envs_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 
     @app.websocket("/v1/agent")
     async def agent_socket(ws: WebSocket) -> None:
-        connection = AgentConnection(
-            ws, app.state.pipeline, app.state.auth, app.state.settings, app.state.policies
-        )
+        connection = AgentConnection(ws, app.state.pipeline, app.state.auth, app.state.settings)
         await connection.serve()
 
     @app.exception_handler(StarletteHTTPException)

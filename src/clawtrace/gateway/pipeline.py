@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from clawtrace.gateway.writer import StoreWriter
 from clawtrace.protocol import (
     EVENT_TYPES,
     PROCESS_STATES,
+    Command,
     Error,
     ErrorCode,
     Event,
@@ -91,6 +93,9 @@ class Pipeline:
         self.attach_listeners: list[Callable[[AgentInfo], None]] = []
         # ... and when it disconnects.
         self.detach_listeners: list[Callable[[str], None]] = []
+        # Asked after every welcome for commands that bring the node agent up to date
+        # (its environment's policy bundle, its role's desired release).
+        self.welcome_commands: list[Callable[[AgentInfo], Command | None]] = []
         # Agents under quarantine (see gateway/commands.py): their welcome says so.
         self.quarantined: dict[str, QuarantineRecord] = {}
         # Takes the policy decisions of each accepted frame once they are stored
@@ -150,7 +155,9 @@ class Pipeline:
                 return state
             existing = await self.writer.call(lambda store: store.get_agent(agent))
             if existing is not None:
-                info = AgentInfo(agent, existing.env, existing.region, existing.labels, existing.release)
+                info = AgentInfo(
+                    agent, existing.env, existing.region, existing.labels, existing.release, existing.role
+                )
             else:
                 info = AgentInfo(agent, env, "", {}, None)
             if info.env != env:
@@ -232,7 +239,11 @@ class Pipeline:
                 decisions.append(event)
             data = encode(event)
             lines.append(data)
-            heartbeat = (event.cpu_percent, event.rss_bytes) if isinstance(event, Heartbeat) else None
+            heartbeat = None
+            if isinstance(event, Heartbeat):
+                heartbeat = (event.cpu_percent, event.rss_bytes)
+                if event.release is not None and event.release != state.info.release:
+                    self._release_changed(state, event.release)
             batch.add(
                 (agent, seq, event.session, _KIND_OF[type(event)], event.ts.timestamp(), received, data),
                 heartbeat=heartbeat,
@@ -256,6 +267,14 @@ class Pipeline:
             self._publish(events_subject(state.info.env, agent), b"[" + b",".join(lines) + b"]")
         return IngestResult(write, errors, last_seen, len(lines), duplicates)
 
+    def _release_changed(self, state: AgentState, release: str) -> None:
+        """A node agent now runs another release (a deploy took effect): the registry follows."""
+        state.info = dataclasses.replace(state.info, release=release)
+        agent = state.info.agent
+        self.writer.call(lambda store: store.set_agent_release(agent, release)).add_done_callback(
+            _log_failure
+        )
+
     async def _audit_after(
         self, write: asyncio.Future[None], info: AgentInfo, decisions: list[PolicyDecision]
     ) -> None:
@@ -275,3 +294,8 @@ class Pipeline:
             return False
         await state.link.send_command(data)
         return True
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("recording an agent's release failed: %s", future.exception())

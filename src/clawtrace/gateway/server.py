@@ -6,7 +6,8 @@ import contextlib
 import gc
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -14,9 +15,9 @@ from clawtrace.gateway.app import create_app
 from clawtrace.gateway.settings import GatewaySettings
 
 
-def uvicorn_config(settings: GatewaySettings) -> uvicorn.Config:
+def uvicorn_config(settings: GatewaySettings, clock: Callable[[], float] = time.time) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, clock),
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",

@@ -10,6 +10,8 @@ import msgspec
 
 from clawtrace.alerts.receivers import check_receivers
 from clawtrace.alerts.settings import AlertSettings
+from clawtrace.envs.environments import Environments, check_order
+from clawtrace.envs.settings import DEFAULT_ORDER, EnvironmentSettings
 from clawtrace.metrics.prices import ModelPrice
 
 
@@ -19,10 +21,6 @@ class RedactionPattern(msgspec.Struct, forbid_unknown_fields=True):
     # Literal substrings of which at least one occurs in every match; lets
     # the redactor skip the regex for the vast majority of lines.
     hints: list[str] = []
-
-
-class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    retention_days: float | None = None
 
 
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,6 +37,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rate_limit_max_delay_seconds: float = 5.0
     retention_days: float = 30.0
     retention_interval_seconds: float = 300.0
+    # The environments a release is promoted through, in order (docs/releases.md).
+    environment_order: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ORDER))
+    # Per environment: retention, promotion gates, rollout.
     environments: dict[str, EnvironmentSettings] = {}
     redact_defaults: bool = True
     redact: list[RedactionPattern] = []
@@ -75,6 +76,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def rules_path(self) -> Path:
         return Path(self.alerts.rules_dir) if self.alerts.rules_dir else self.data_path / "alerts"
 
+    @property
+    def promotion(self) -> Environments:
+        return Environments(tuple(self.environment_order), self.environments)
+
     def retention_for(self, env: str) -> float:
         env_settings = self.environments.get(env)
         if env_settings is not None and env_settings.retention_days is not None:
@@ -106,4 +111,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings
         raise SettingsError(f"invalid setting{where}: {exc}") from None
     except ValueError as exc:
         raise SettingsError(f"invalid [gateway.alerts] receivers{where}: {exc}") from None
+    problems = check_order(settings.environment_order)
+    if problems:
+        raise SettingsError(f"invalid setting{where}: {'; '.join(problems)}")
     return settings

@@ -14,6 +14,8 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 
+# A release's role: the same shape as in clawtrace.agent.toml (envs/release.py).
+Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -73,6 +75,8 @@ class ToolResult(Envelope, tag="tool_result"):
 class Heartbeat(Envelope, tag="heartbeat"):
     cpu_percent: NonNegativeFloat | None = None
     rss_bytes: NonNegativeInt | None = None
+    # The release id the agent process runs now (node agents following a role's releases).
+    release: str | None = None
 
 
 # The states of the agent process itself; "quarantined" and "released" say
@@ -128,6 +132,9 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", kw_only=True, omit_de
     region: str = ""
     labels: dict[str, str] = {}
     release: str | None = None
+    # Set by a node agent that runs whatever release its environment wants for
+    # this role (``clawtrace run --role``): the gateway sends it ``deploy`` commands.
+    role: Role | None = None
     token: str | None = None
     protocol: int = PROTOCOL_VERSION
 
@@ -166,8 +173,10 @@ class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
 
 
 # policy: payload is a policy bundle (clawtrace.policy.PolicyBundle as JSON);
-# approval: payload {"approval_id", "approved": bool, "by", "reason"}.
-CommandAction = Literal["restart", "stop", "quarantine", "release", "policy", "approval"]
+# approval: payload {"approval_id", "approved": bool, "by", "reason"};
+# deploy: payload {"release": full release id, "ref": "ROLE@VERSION"}, the release
+# this agent should run (fetched from GET /v1/releases/{id}).
+CommandAction = Literal["restart", "stop", "quarantine", "release", "policy", "approval", "deploy"]
 
 
 class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True, omit_defaults=True):

@@ -31,6 +31,7 @@ class AgentRecord(msgspec.Struct, kw_only=True):
     cpu_percent: float | None
     rss_bytes: int | None
     lifecycle: str | None = None
+    role: str | None = None
 
 
 class QuarantineRecord(msgspec.Struct, kw_only=True):
@@ -207,6 +208,8 @@ class AgentInfo:
     region: str
     labels: dict[str, str]
     release: str | None
+    # Set when the node agent runs its environment's desired release of this role.
+    role: str | None = None
 
 
 class StoreError(Exception):
@@ -227,6 +230,32 @@ class ReleaseRecord(msgspec.Struct, kw_only=True):
     content: bytes  # the files (path -> text) as JSON
     created: float
     created_by: str
+
+
+class DeploymentRecord(msgspec.Struct, kw_only=True):
+    """One change of an environment's desired release for a role, with its rollout's state."""
+
+    env: str
+    role: str
+    release: str
+    previous: str | None
+    kind: str  # deploy | promote | rollback | auto_rollback
+    actor: str
+    reason: str
+    created: float
+    phase: str  # canary | rolling | complete | rolled_back
+    phase_since: float
+    canary: list[str] = []
+    detail: str = ""
+    id: int = 0  # given by the store
+
+
+class PromotionApproval(msgspec.Struct, kw_only=True):
+    release: str
+    env: str
+    approved_by: str
+    approved_at: float
+    reason: str = ""
 
 
 # The fewest leading hex digits of a release id that ``get_release`` looks up as a prefix.
@@ -475,6 +504,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_releases(self, role: str | None = None) -> list[ReleaseRecord]:
         """Newest first."""
+
+    # --- environments: desired releases and their rollouts ---------------------
+    @abc.abstractmethod
+    def add_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
+        """Append ``record`` as the desired release of its (env, role); returns it with its id."""
+
+    @abc.abstractmethod
+    def update_rollout(
+        self, deployment_id: int, phase: str, phase_since: float, canary: list[str], detail: str
+    ) -> None:
+        """Move a deployment's rollout on (the only columns of a deployment that change)."""
+
+    @abc.abstractmethod
+    def current_deployments(self, envs: Sequence[str] | None = None) -> list[DeploymentRecord]:
+        """The deployment in force for every (env, role), by env then role."""
+
+    @abc.abstractmethod
+    def deployment_history(
+        self, *, env: str | None = None, role: str | None = None, release: str | None = None, limit: int = 100
+    ) -> list[DeploymentRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def set_agent_release(self, agent: str, release: str | None) -> None:
+        """Record the release an agent reports running (heartbeats)."""
+
+    @abc.abstractmethod
+    def approve_promotion(self, approval: PromotionApproval) -> None:
+        """Record (or renew) an admin's approval for a release to enter an environment."""
+
+    @abc.abstractmethod
+    def get_promotion_approval(self, release: str, env: str) -> PromotionApproval | None: ...
 
 
 def labels_json(labels: dict[str, str]) -> str:

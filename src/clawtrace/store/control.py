@@ -18,7 +18,9 @@ from clawtrace.store.base import (
     MIN_RELEASE_PREFIX,
     AmbiguousRelease,
     ApprovalRecord,
+    DeploymentRecord,
     PolicyRecord,
+    PromotionApproval,
     QuarantineRecord,
     ReleaseConflict,
     ReleaseRecord,
@@ -336,6 +338,72 @@ class CoreControlTables:
             query = query.where(table.c.role == role)
         with self.engine.connect() as c:
             return [record_from_row(row, ReleaseRecord) for row in c.execute(query).all()]
+
+    # --- environments: deployments and promotion approvals -------------------
+
+    def add_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
+        values = msgspec.structs.asdict(record)
+        del values["id"]
+        values["canary"] = msgspec.json.encode(record.canary).decode()
+        with self.engine.begin() as c:
+            key = c.execute(schema.deployments.insert().values(**values)).inserted_primary_key
+            assert key is not None
+            new_id = int(key[0])
+        return msgspec.structs.replace(record, id=new_id)
+
+    def update_rollout(
+        self, deployment_id: int, phase: str, phase_since: float, canary: list[str], detail: str
+    ) -> None:
+        table = schema.deployments
+        with self.engine.begin() as c:
+            c.execute(
+                table.update()
+                .where(table.c.id == deployment_id)
+                .values(
+                    phase=phase,
+                    phase_since=phase_since,
+                    canary=msgspec.json.encode(canary).decode(),
+                    detail=detail,
+                )
+            )
+
+    def current_deployments(self, envs: Sequence[str] | None = None) -> list[DeploymentRecord]:
+        table = schema.deployments
+        newest = sa.select(sa.func.max(table.c.id)).group_by(table.c.env, table.c.role).scalar_subquery()
+        query = sa.select(table).where(table.c.id.in_(newest)).order_by(table.c.env, table.c.role)
+        if envs is not None:
+            query = query.where(table.c.env.in_(list(envs)))
+        with self.engine.connect() as c:
+            return [_deployment(row) for row in c.execute(query).all()]
+
+    def deployment_history(
+        self, *, env: str | None = None, role: str | None = None, release: str | None = None, limit: int = 100
+    ) -> list[DeploymentRecord]:
+        table = schema.deployments
+        query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+        for column, value in ((table.c.env, env), (table.c.role, role), (table.c.release, release)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as c:
+            return [_deployment(row) for row in c.execute(query).all()]
+
+    def approve_promotion(self, approval: PromotionApproval) -> None:
+        table = schema.promotion_approvals
+        with self.engine.begin() as c:
+            c.execute(table.delete().where(table.c.release == approval.release, table.c.env == approval.env))
+            c.execute(table.insert().values(**msgspec.structs.asdict(approval)))
+
+    def get_promotion_approval(self, release: str, env: str) -> PromotionApproval | None:
+        table = schema.promotion_approvals
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(table).where(table.c.release == release, table.c.env == env)).first()
+        return None if row is None else record_from_row(row, PromotionApproval)
+
+
+def _deployment(row: Any) -> DeploymentRecord:
+    values = {str(k): v for k, v in row._mapping.items()}
+    values["canary"] = msgspec.json.decode(values["canary"] or "[]")
+    return msgspec.convert(values, DeploymentRecord, strict=False)
 
 
 R = TypeVar("R")

@@ -44,6 +44,8 @@ agents = sa.Table(
     sa.Column("rss_bytes", sa.BigInteger, nullable=True),
     # The last lifecycle state its node agent reported ("started", "stopped", ...).
     sa.Column("lifecycle", sa.Text, nullable=True),
+    # The role whose desired release the node agent runs (hello ``role``), if it follows one.
+    sa.Column("role", sa.Text, nullable=True),
     sa.Index("ix_agents_env", "env"),
 )
 
@@ -219,4 +221,42 @@ releases = sa.Table(
     sa.Column("created_by", sa.Text, nullable=False),
     # ROLE@VERSION names one release.
     sa.Index("ix_releases_role_version", "role", "version", unique=True),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    # One row per change of an environment's desired release for a role (a deploy,
+    # a promotion, a rollback); the newest row of (env, role) is in force. Only its
+    # rollout columns (phase, phase_since, canary, detail) are updated afterwards.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("release", sa.Text, nullable=False),
+    # The release it replaced (None for the first of the role in the environment).
+    sa.Column("previous", sa.Text, nullable=True),
+    # deploy | promote | rollback | auto_rollback
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("created", sa.Float, nullable=False),
+    # canary | rolling | complete | rolled_back
+    sa.Column("phase", sa.Text, nullable=False),
+    sa.Column("phase_since", sa.Float, nullable=False),
+    # The agents that got the release first (JSON list), while the phase is canary.
+    sa.Column("canary", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_deployments_env_role", "env", "role", "id"),
+    sa.Index("ix_deployments_release", "release", "env"),
+)
+
+promotion_approvals = sa.Table(
+    "promotion_approvals",
+    metadata,
+    # An admin's approval for one release to enter one environment (a promotion gate).
+    sa.Column("release", sa.Text, primary_key=True),
+    sa.Column("env", sa.Text, primary_key=True),
+    sa.Column("approved_by", sa.Text, nullable=False),
+    sa.Column("approved_at", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
 )

@@ -69,7 +69,7 @@ ON CONFLICT (agent, session) DO UPDATE SET
 
 _AGENT_COLUMNS = (
     "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
-    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle"
+    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle, role"
 )
 
 
@@ -196,6 +196,7 @@ class SQLiteStore(CoreControlTables, Store):
                 "region": info.region,
                 "labels": labels_json(info.labels),
                 "release": info.release,
+                "role": info.role,
             }
             if connected:
                 values.update(connected=True, last_connect=now)
@@ -216,6 +217,11 @@ class SQLiteStore(CoreControlTables, Store):
             c.execute(
                 agents.update().where(agents.c.agent == agent).values(connected=False, last_disconnect=now)
             )
+
+    def set_agent_release(self, agent: str, release: str | None) -> None:
+        agents = schema.agents
+        with self.engine.begin() as c:
+            c.execute(agents.update().where(agents.c.agent == agent).values(release=release))
 
     def mark_all_disconnected(self, now: float) -> None:
         agents = schema.agents
@@ -255,6 +261,7 @@ class SQLiteStore(CoreControlTables, Store):
                 cpu_percent=cpu_percent,
                 rss_bytes=rss_bytes,
                 lifecycle=lifecycle,
+                role=role,
             )
             for (
                 agent,
@@ -272,6 +279,7 @@ class SQLiteStore(CoreControlTables, Store):
                 cpu_percent,
                 rss_bytes,
                 lifecycle,
+                role,
             ) in self._reader().execute(sql, params)
         ]
 
