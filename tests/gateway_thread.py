@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from tests.gateway_process import GatewayProcess
 
 from clawtrace.gateway.server import EmbeddedServer, uvicorn_config
 from clawtrace.gateway.settings import GatewaySettings
+from gateway_process import GatewayProcess
 
 
 class MovableClock:

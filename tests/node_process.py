@@ -30,17 +30,19 @@ class NodeAgentProcess:
         spool_dir: Path | None = None,
         options: list[str] | None = None,
         name: str = "node",
+        env: str = "dev",
     ) -> None:
+        """``command`` empty: no command of its own (``--role`` in ``options``)."""
         self.agent = agent
         self.spool_dir = spool_dir or tmp_path / "spool"
         self.out_path = tmp_path / f"{name}.out"
         self.err_path = tmp_path / f"{name}.err"
         url = gateway.ws_url if gateway is not None else "ws://127.0.0.1:9"
         if token is None and gateway is not None:
-            token = gateway.token("dev", "agent")
+            token = gateway.token(env, "agent")
         argv = [
             PY, "-m", "clawtrace", "run",
-            "--agent", agent, "--env", "dev", "--region", "eu-west-1", "--label", "team=test",
+            "--agent", agent, "--env", env, "--region", "eu-west-1", "--label", "team=test",
             "--gateway", url, "--token", token or "",
             "--spool-dir", str(self.spool_dir),
             "--heartbeat-interval", "0.5",
@@ -48,7 +50,7 @@ class NodeAgentProcess:
             "--drain-timeout", "5",
             "--log-level", "debug",
             *(options or []),
-            "--", *command,
+            *(["--", *command] if command else []),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, cwd=tmp_path, stdout=self.out_path.open("wb"), stderr=self.err_path.open("wb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,18 @@ def write_release_dir(
     env: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
 ) -> Path:
-    """A release directory whose command runs ``agent.py`` (``script``) with this Python."""
+    """A release directory whose command runs ``script`` with this Python.
+
+    Inline (``python -c``): a release holds its manifest, prompts, hooks and
+    policy; the agent's code is what its command names, installed on the node.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "agent.py").write_text(script)
     (directory / "prompts").mkdir(exist_ok=True)
     (directory / "prompts" / "system.md").write_text(f"You are {role} {version}.\n")
     lines = [
         f'role = "{role}"',
         f'version = "{version}"',
-        f'command = ["{sys.executable}", "-u", "agent.py"]',
+        f"command = {json.dumps([sys.executable, '-u', '-c', script])}",
         'prompts = ["prompts/system.md"]',
         "",
         "[model]",

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.gateway_thread import GatewayThread, MovableClock
-from tests.releases import post, upload, write_release_dir
 
 from clawtrace.envs.diff import EnvSnapshot, RoleRelease, diff
 from clawtrace.envs.gates import GateFacts, evaluate
@@ -20,6 +18,8 @@ from clawtrace.envs.rollout import FiringAlert, Follower, pick_canaries, plan
 from clawtrace.envs.settings import EnvironmentSettings, GateSettings, RolloutSettings
 from clawtrace.gateway.settings import GatewaySettings
 from clawtrace.store.base import DeploymentRecord
+from gateway_thread import GatewayThread, MovableClock
+from releases import post, upload, write_release_dir
 
 HOUR = 3600.0
 

@@ -61,7 +61,7 @@ def evaluate(
                 else f"no alert firing for it in {where}",
             )
         )
-    if gates.min_tool_success is not None:
+    if gates.min_tool_success:
         if facts.tool_results == 0:
             results.append(
                 GateResult(

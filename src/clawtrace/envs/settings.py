@@ -19,7 +19,7 @@ class GateSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     soak_seconds: Seconds = 3600.0
     # No alert may be firing for an agent that runs it there.
     no_firing_alerts: bool = True
-    # Tool results ok / all tool results of its agents there since it went live (None: no gate).
+    # Tool results ok / all tool results of its agents there since it went live (0 or None: no gate).
     min_tool_success: Fraction | None = 0.9
     # USD spent on LLM calls per action (tool call) there since it went live (None: no gate).
     max_cost_per_action: Annotated[float, msgspec.Meta(ge=0)] | None = None
