@@ -10,8 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
+from clawtrace.alerts.settings import AlertSettings
+from clawtrace.cli.main import cli
 from clawtrace.envs.diff import EnvSnapshot, RoleRelease, diff
 from clawtrace.envs.gates import GateFacts, evaluate
 from clawtrace.envs.rollout import FiringAlert, Follower, pick_canaries, plan
@@ -168,6 +172,7 @@ def gateway(tmp_path: Path, clock: MovableClock) -> Iterator[GatewayThread]:
             "prod": EnvironmentSettings(gates=GateSettings(soak_seconds=2 * HOUR, min_tool_success=None)),
         },
         log_level="warning",
+        alerts=AlertSettings(rules_dir=str(tmp_path / "rules")),
     )
     gw = GatewayThread(tmp_path / "gw", settings, clock)
     gw.start()
@@ -340,3 +345,36 @@ def test_env_diff_over_the_api(gateway: GatewayThread, clock: MovableClock, tmp_
     ).raise_for_status()
     after = gateway.get("/api/v1/envs/diff", a="dev", b="staging").json()
     assert [i for i in after["items"] if i["area"] == "release"] == []
+
+
+def test_env_diff_and_gate_check_on_the_command_line(gateway: GatewayThread, tmp_path: Path) -> None:
+    admin = gateway.token("*", "admin")
+    first = _release(gateway, tmp_path, "1.0.0")
+    post(gateway.http_url, admin, "/api/v1/deployments", {"release": first, "env": "dev"}).raise_for_status()
+    runner = CliRunner()
+    auth = ["--gateway", gateway.http_url, "--token", admin]
+
+    check = runner.invoke(cli, ["promote", "researcher@1.0.0", "--to", "staging", "--check", *auth])
+    assert check.exit_code == 1, check.output
+    assert "soak" in check.output and "FAIL" in check.output and "nothing changed: --check" in check.output
+
+    same = runner.invoke(cli, ["env", "diff", "staging", "prod", *auth])
+    assert same.exit_code == 0, same.output
+    assert "nothing flagged" in same.output
+
+    # A rule that exists in staging only is drift: flagged, exit status 1.
+    response = httpx.put(
+        f"{gateway.http_url}/api/v1/alerts/rules/staging",
+        content="rules:\n  - name: SlowThinking\n    condition: reasoning_latency_p95_ms > 20000\n",
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert response.status_code == 200, response.text
+    drift = runner.invoke(cli, ["env", "diff", "staging", "prod", *auth])
+    assert drift.exit_code == 1, drift.output
+    assert (
+        "SlowThinking" in drift.output and "only in staging" in drift.output and "1 flagged" in drift.output
+    )
+
+    listing = runner.invoke(cli, ["env", *auth])
+    assert listing.exit_code == 0, listing.output
+    assert "dev -> staging -> prod" in listing.output and "researcher@1.0.0" in listing.output
