@@ -6,20 +6,58 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
+import httpx
+import msgspec
 import uvicorn
 
 from clawtrace.access import create_token
 from clawtrace.cli.up import check_port_free
+from clawtrace.envs.release import MANIFEST_FILE, build_release
 from clawtrace.gateway import load_settings, uvicorn_config
 from clawtrace.gateway.server import EmbeddedServer
 from clawtrace.sim import FleetConfig, Scenario, run_fleet
 from clawtrace.store import StoreError, open_store
 
+DEMO_ROLE = "researcher"
+DEMO_RELEASE = {
+    MANIFEST_FILE: f"""role = "{DEMO_ROLE}"
+version = "demo-1"
+command = ["python", "-m", "researcher", "--system-prompt", "prompts/system.md"]
+prompts = ["prompts/system.md"]
 
-async def _run_demo(server: uvicorn.Server, fleet_config: FleetConfig, stop: asyncio.Event) -> None:
+[model]
+provider = "openai"
+name = "gpt-4.1-mini"
+temperature = 0.2
+""",
+    "prompts/system.md": "You research a question with the tools you have and cite your sources.\n",
+}
+
+
+async def _deploy_demo_release(base: str, token: str, directory: Path) -> None:
+    """A release of the simulated fleet's role, deployed to the fleet's environment (idempotent)."""
+    for name, text in DEMO_RELEASE.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    release = build_release(directory)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}) as client:
+        created = await client.post("/api/v1/releases", content=msgspec.json.encode(release))
+        created.raise_for_status()
+        deployed = await client.post("/api/v1/deployments", json={"release": release.id, "env": "dev"})
+        if deployed.status_code not in (201, 409):
+            deployed.raise_for_status()
+
+
+async def _run_demo(
+    server: uvicorn.Server,
+    fleet_config: FleetConfig,
+    stop: asyncio.Event,
+    seed: Callable[[], Awaitable[None]],
+) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -29,6 +67,7 @@ async def _run_demo(server: uvicorn.Server, fleet_config: FleetConfig, stop: asy
             await serving
             raise click.ClickException("the gateway could not start (see the messages above)")
         await asyncio.sleep(0.05)
+    await seed()
     fleet = asyncio.create_task(run_fleet(fleet_config, stop))
     await stop.wait()
     click.echo("\nstopping: draining the fleet, then the gateway ...")
@@ -73,6 +112,7 @@ def demo(port: int, host: str, data_dir: str, agents: int, env: str, faults: boo
     try:
         agent_token, _ = create_token(store, env=env, role="agent", name="demo fleet")
         viewer_token, _ = create_token(store, env="*", role="viewer", name="demo viewer")
+        operator_token, _ = create_token(store, env="*", role="operator", name="demo operator")
     finally:
         store.close()
     base = f"http://{host}:{port}"
@@ -88,6 +128,7 @@ def demo(port: int, host: str, data_dir: str, agents: int, env: str, faults: boo
         env=env,
         scenarios=scenarios,
         scenario_after=60.0,
+        role=DEMO_ROLE,
     )
     click.echo(f"ClawTrace demo: gateway on {base} with {agents} simulated agents in {env!r}")
     click.echo(f"  console:  {base}/login?token={viewer_token}")
@@ -96,6 +137,18 @@ def demo(port: int, host: str, data_dir: str, agents: int, env: str, faults: boo
     # Some agents die, loop or overspend after a while: the default rules fire and remediate.
     click.echo(f"            clawtrace alerts --gateway {base} --token {viewer_token}")
     click.echo(f"            clawtrace audit --gateway {base} --token {viewer_token}")
+    if env == "dev":
+        # The fleet follows the researcher role's release in dev: promote it on from there.
+        click.echo(f"            clawtrace env --gateway {base} --token {operator_token}")
+        click.echo(
+            f"            clawtrace promote {DEMO_ROLE}@demo-1 --to staging --check --gateway {base} "
+            f"--token {operator_token}"
+        )
     click.echo("  Ctrl-C stops everything.")
     server = EmbeddedServer(uvicorn_config(settings))
-    asyncio.run(_run_demo(server, fleet_config, asyncio.Event()))
+
+    async def seed() -> None:
+        if env == "dev":
+            await _deploy_demo_release(base, operator_token, Path(data_dir) / "release")
+
+    asyncio.run(_run_demo(server, fleet_config, asyncio.Event(), seed))

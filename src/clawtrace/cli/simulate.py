@@ -13,6 +13,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from clawtrace.envs.release import ROLE_NAME
 from clawtrace.sim import Fleet, FleetConfig, FleetStats, Scenario
 from clawtrace.sim.report import RateMeter, progress_line, summary_table
 
@@ -33,6 +34,15 @@ class _RateType(click.ParamType[float]):
         if not rate > 0:
             self.fail("must be positive", param, ctx)
         return rate
+
+
+def _role(value: str | None) -> str | None:
+    if value is not None and not ROLE_NAME.match(value):
+        raise click.BadParameter(
+            f"{value!r} is not a role name: lower-case letters, digits, '-' and '_', starting with a letter",
+            param_hint="--role",
+        )
+    return value
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -109,6 +119,13 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Seconds between an agent's heartbeats.",
 )
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Extra label on every agent.")
+@click.option(
+    "--role",
+    default=None,
+    callback=lambda ctx, param, value: _role(value),
+    help="The agents follow their environment's desired release of this role, as `clawtrace run --role` "
+    "does (clawtrace deploy / promote).",
+)
 @click.option("--id-prefix", default="", help="Prefix for agent ids (to run several fleets side by side).")
 @click.option(
     "--drain-timeout",
@@ -141,6 +158,7 @@ def simulate(
     loop_length: int | None,
     heartbeat_interval: float,
     labels: tuple[str, ...],
+    role: str | None,
     id_prefix: str,
     drain_timeout: float,
     stats_file: Path | None,
@@ -184,6 +202,7 @@ def simulate(
         loop_length=loop_length,
         id_prefix=id_prefix,
         labels=_labels(labels),
+        role=role,
         drain_timeout=drain_timeout,
     )
     try:

@@ -22,6 +22,7 @@ from typing import Annotated
 import msgspec
 
 from clawtrace.policy import BundleSettings, PolicyBundle, PolicyError, compile_bundle
+from clawtrace.protocol.messages import ROLE_PATTERN
 
 MANIFEST_FILE = "clawtrace.agent.toml"
 MAX_FILE_BYTES = 1 << 20
@@ -33,7 +34,7 @@ MIN_PREFIX = 6
 FORMAT = 1
 POLICY_SETTINGS_FILE = "bundle.toml"
 
-_ROLE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ROLE_NAME = re.compile(ROLE_PATTERN)
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -197,7 +198,7 @@ FieldPath = tuple[str | int, ...]
 def manifest_problems(manifest: Manifest) -> list[tuple[FieldPath, str]]:
     """What is wrong with a manifest that has the right shape (names, paths, secrets)."""
     problems: list[tuple[FieldPath, str]] = []
-    if not _ROLE.match(manifest.role):
+    if not ROLE_NAME.match(manifest.role):
         problems.append(
             (
                 ("role",),
@@ -454,7 +455,7 @@ def parse_ref(ref: str) -> str:
     """Check a release reference (full id, id prefix of >= 6 hex digits, or ROLE@VERSION); ``ref`` back."""
     role, at, version = ref.partition("@")
     if at:
-        if _ROLE.match(role) and _VERSION.match(version):
+        if ROLE_NAME.match(role) and _VERSION.match(version):
             return ref
     elif len(ref) >= MIN_PREFIX and len(ref) <= 64 and _HEX.match(ref):
         return ref

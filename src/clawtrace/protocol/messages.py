@@ -14,8 +14,9 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 
-# A release's role: the same shape as in clawtrace.agent.toml (envs/release.py).
-Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+# An agent role, as a release's manifest and ``hello`` name it.
+ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+Role = Annotated[str, msgspec.Meta(pattern=ROLE_PATTERN)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

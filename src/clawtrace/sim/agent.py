@@ -46,6 +46,8 @@ class AgentSpec:
     model: str
     labels: dict[str, str] = field(default_factory=dict)
     release: str | None = None
+    # Follows its environment's desired release of this role (as `clawtrace run --role` does).
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,8 @@ class SimAgent:
         self.dropped = False
         self.stopped = False
         self.restarts = 0
+        # The release it runs: a deploy command changes it (agents with a role).
+        self.release = spec.release
 
     # --- driving -------------------------------------------------------------
 
@@ -183,6 +187,16 @@ class SimAgent:
         if cmd.action == "quarantine":
             self.behaviour.quarantined = True
             return [self._emit(Lifecycle, {"state": "quarantined", "reason": reason}, wall)]
+        if cmd.action == "deploy" and self.spec.role is not None:
+            release = cmd.payload.get("release")
+            if not isinstance(release, str) or release == self.release or self.dead:
+                return []
+            # The node agent restarts its agent process on the new release, then says so.
+            self.release = release
+            out = self._restart(now, wall, reason)
+            deployed = {"state": "deployed", "reason": str(cmd.payload.get("ref") or release[:12])}
+            out.insert(-1, self._emit(Lifecycle, deployed, wall))
+            return out
         if cmd.action == "policy":
             # A new policy bundle replaces whatever deny-all a quarantine set.
             self.behaviour.quarantined = False
@@ -272,6 +286,9 @@ class SimAgent:
         target = 70.0 if busy else 12.0
         self._cpu = min(99.0, max(0.1, self._cpu + (target - self._cpu) * 0.2 + noise.gauss(0.0, 3.0)))
         self._rss = max(64 << 20, self._rss + int(noise.gauss(0.5, 2.0) * (1 << 20)))
+        release = {"release": self.release} if self.spec.role is not None and self.release else {}
         if self.stopped:
-            return self._emit(Heartbeat, {}, wall)
-        return self._emit(Heartbeat, {"cpu_percent": round(self._cpu, 1), "rss_bytes": self._rss}, wall)
+            return self._emit(Heartbeat, release, wall)
+        return self._emit(
+            Heartbeat, {"cpu_percent": round(self._cpu, 1), "rss_bytes": self._rss, **release}, wall
+        )

@@ -60,6 +60,8 @@ class FleetConfig:
     first_index: int = 1
     labels: dict[str, str] = field(default_factory=dict)
     release: str | None = None
+    # The agents run their environment's desired release of this role (deploy commands).
+    role: str | None = None
     # Seconds to wait at the end for outstanding acks.
     drain_timeout: float = 10.0
     # Seconds over which agents open their connections; None: up to 5 s by fleet size.
@@ -112,7 +114,9 @@ def agent_specs(config: FleetConfig) -> list[AgentSpec]:
         group = (config.first_index + n - 1) // len(config.regions)
         model = catalog.PRIMARY_MODELS[group % len(catalog.PRIMARY_MODELS)]
         labels = {"team": catalog.TEAMS[group % len(catalog.TEAMS)], "model": model, **config.labels}
-        specs.append(AgentSpec(agent, config.env, region, model, labels, config.release))
+        if config.role is not None:
+            labels["role"] = config.role
+        specs.append(AgentSpec(agent, config.env, region, model, labels, config.release, config.role))
     return specs
 
 
@@ -149,7 +153,17 @@ class FleetStats(msgspec.Struct, kw_only=True):
 
 
 class _Slot:
-    __slots__ = ("agent", "client", "client_task", "first_seq", "outbox", "refused", "scenario", "spec")
+    __slots__ = (
+        "agent",
+        "client",
+        "client_task",
+        "early_commands",
+        "first_seq",
+        "outbox",
+        "refused",
+        "scenario",
+        "spec",
+    )
 
     def __init__(self, spec: AgentSpec, scenario: ScenarioSpec | None, outbox: TrackingOutbox) -> None:
         self.spec = spec
@@ -160,6 +174,8 @@ class _Slot:
         self.agent: SimAgent | None = None
         self.first_seq: int | None = None
         self.refused: str | None = None
+        # Commands right after the welcome (a deploy) come before the agent exists.
+        self.early_commands: list[Command] = []
 
 
 ProgressCallback = Callable[[FleetStats], None]
@@ -332,7 +348,12 @@ class Fleet:
         config = self.config
         spec = slot.spec
         hello = Hello(
-            agent=spec.agent, env=spec.env, region=spec.region, labels=spec.labels, release=spec.release
+            agent=spec.agent,
+            env=spec.env,
+            region=spec.region,
+            labels=spec.labels,
+            release=spec.release,
+            role=spec.role,
         )
         client = UplinkClient(
             config.gateway,
@@ -364,6 +385,9 @@ class Fleet:
         loop = asyncio.get_running_loop()
         outbox = slot.outbox
         self._push(slot, agent.start(loop.time(), datetime.now(UTC)))
+        for command in slot.early_commands:
+            self._push(slot, agent.command(command, loop.time(), datetime.now(UTC)))
+        slot.early_commands.clear()
         while True:
             if agent.dropped:
                 await client.close(drain_timeout=config.drain_timeout)
@@ -394,9 +418,11 @@ class Fleet:
 
     async def _on_command(self, slot: _Slot, cmd: Command) -> None:
         self._commands[cmd.action] += 1
-        if slot.agent is not None:
-            loop = asyncio.get_running_loop()
-            self._push(slot, slot.agent.command(cmd, loop.time(), datetime.now(UTC)))
+        if slot.agent is None:
+            slot.early_commands.append(cmd)
+            return
+        loop = asyncio.get_running_loop()
+        self._push(slot, slot.agent.command(cmd, loop.time(), datetime.now(UTC)))
 
     def _on_error(self, error: Error) -> None:
         self._errors[error.code] += 1
