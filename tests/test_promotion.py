@@ -279,9 +279,26 @@ def test_promotion_path_with_gates_approval_rollback_and_audit(
     assert back.json()["deployment"]["release"] == first and back.json()["deployment"]["kind"] == "rollback"
     nothing = post(gateway.http_url, operator, "/api/v1/rollbacks", {"role": "researcher", "env": "prod"})
     assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "nothing_to_roll_back_to"
+    # Rolling back again does not return to the release just rolled back.
+    again = post(gateway.http_url, operator, "/api/v1/rollbacks", {"role": "researcher", "env": "dev"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "nothing_to_roll_back_to"
+    # Going forward again is a deploy, and a rollback can name where to go.
+    post(
+        gateway.http_url, operator, "/api/v1/deployments", {"release": second, "env": "dev"}
+    ).raise_for_status()
+    named = post(
+        gateway.http_url, operator, "/api/v1/rollbacks", {"role": "researcher", "env": "dev", "to": first}
+    )
+    assert named.status_code == 201 and named.json()["deployment"]["release"] == first
 
     status = gateway.get("/api/v1/envs/dev/roles/researcher").json()
-    assert [h["kind"] for h in status["history"]] == ["rollback", "deploy", "deploy"]
+    assert [h["kind"] for h in status["history"]] == ["rollback", "deploy", "rollback", "deploy", "deploy"]
+    assert [h["phase"] for h in status["history"]][1:] == [
+        "rolled_back",
+        "superseded",
+        "rolled_back",
+        "superseded",
+    ]
 
     audit = gateway.get("/api/v1/audit", limit=50).json()["entries"]
     actions = [(e["action"], e["env"], e["result"]) for e in audit if e["action"] != "create_release"]

@@ -8,7 +8,8 @@ through phases:
 - ``rolling``: every agent is told to run it;
 - ``complete``: every connected agent reports running it;
 - ``rolled_back``: an alert tripped it (or a person rolled back), and a newer
-  deployment of the previous release took over.
+  deployment of an earlier release took over;
+- ``superseded``: a newer deployment (a deploy or promotion) took over.
 
 Pure: ``plan`` takes the deployment, its agents and the firing alerts, and
 says what to send and what changed; the gateway does the sending and saving.
@@ -24,7 +25,6 @@ from dataclasses import dataclass, field
 from clawtrace.envs.settings import RolloutSettings
 from clawtrace.store.base import DeploymentRecord
 
-PHASES = ("canary", "rolling", "complete", "rolled_back")
 # Deployments that are themselves a way back never roll back on their own (no flip-flop).
 ROLLBACK_KINDS = frozenset({"rollback", "auto_rollback"})
 

@@ -422,14 +422,22 @@ class DeploymentService:
                     404, "not_found", f"no release of role {role!r} was ever deployed in {env}"
                 )
             if to is None:
-                if current.previous is None:
+                history = await asyncio.to_thread(
+                    lambda: self.store.deployment_history(env=env, role=role, limit=1000)
+                )
+                # The newest other release that was not itself rolled back: rolling back twice
+                # goes further back instead of returning to what was just rolled back.
+                earlier = next(
+                    (d for d in history if d.release != current.release and d.phase != "rolled_back"), None
+                )
+                if earlier is None:
                     raise DeploymentRefused(
                         409,
                         "nothing_to_roll_back_to",
-                        f"{self.ref(current.release)} is the first release of {role} in {env}: "
-                        "there is no earlier one to go back to",
+                        f"no release of {role} ran in {env} before {self.ref(current.release)} "
+                        "(other than ones rolled back): there is nothing to go back to",
                     )
-                target = current.previous
+                target = earlier.release
             else:
                 record = await self.release(to)
                 if record.role != role:
@@ -489,6 +497,12 @@ class DeploymentService:
         now = self.clock()
         current = self.current.get((env, release.role))
         previous = current.release if current is not None else None
+        if current is not None and current.phase != "rolled_back":
+            old = current
+            await self.writer.call(
+                lambda s: s.update_rollout(old.id, "superseded", now, old.canary, old.detail)
+            )
+            current.phase, current.phase_since = "superseded", now
         record = DeploymentRecord(
             env=env,
             role=release.role,

@@ -243,7 +243,7 @@ class DeploymentRecord(msgspec.Struct, kw_only=True):
     actor: str
     reason: str
     created: float
-    phase: str  # canary | rolling | complete | rolled_back
+    phase: str  # canary | rolling | complete | rolled_back | superseded
     phase_since: float
     canary: list[str] = []
     detail: str = ""

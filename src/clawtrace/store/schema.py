@@ -240,7 +240,7 @@ deployments = sa.Table(
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("created", sa.Float, nullable=False),
-    # canary | rolling | complete | rolled_back
+    # canary | rolling | complete | rolled_back | superseded
     sa.Column("phase", sa.Text, nullable=False),
     sa.Column("phase_since", sa.Float, nullable=False),
     # The agents that got the release first (JSON list), while the phase is canary.
