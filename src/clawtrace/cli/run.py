@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 import msgspec
 
-from clawtrace.node.agent import GatewayRefused, NodeAgent, NodeConfig
+from clawtrace.node.agent import ROLE_LABEL, GatewayRefused, NodeAgent, NodeConfig
+from clawtrace.node.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from clawtrace.node.spool import SpoolError
 from clawtrace.node.supervisor import Backoff, RestartPolicy, SpawnError
 from clawtrace.protocol.messages import Hello
@@ -42,17 +43,23 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
     return value
 
 
-def _check_identity(agent: str, env: str, region: str, labels: dict[str, str], release: str | None) -> None:
+def _check_identity(
+    agent: str, env: str, region: str, labels: dict[str, str], release: str | None, role: str | None = None
+) -> None:
     # The gateway rejects a malformed hello and the node agent would retry
     # forever; say what is wrong now instead.
     try:
-        msgspec.convert(
-            {"agent": agent, "env": env, "region": region, "labels": labels, "release": release}, Hello
-        )
+        identity = {"agent": agent, "env": env, "region": region, "labels": labels, "release": release}
+        msgspec.convert({**identity, "role": role}, Hello)
     except msgspec.ValidationError as exc:
         text = str(exc)
         hint = ""
-        if "$.agent" in text:
+        if "$.role" in text:
+            hint = (
+                f"--role {role!r} is not a role name: lower-case letters, digits, '-' and '_', starting "
+                "with a letter (the `role` of the releases to run, e.g. researcher)"
+            )
+        elif "$.agent" in text:
             hint = (
                 f"--agent {agent!r} is not a valid agent id: use letters, digits, '_', ':', '@' and '-', "
                 "starting with a letter or digit"
@@ -60,6 +67,34 @@ def _check_identity(agent: str, env: str, region: str, labels: dict[str, str], r
         elif "$.env" in text:
             hint = f"--env {env!r} is not a valid environment name: use letters, digits, '_' and '-'"
         raise click.UsageError(hint or f"invalid agent identity: {text}") from None
+
+
+def _check_mode(
+    role: str | None, command: tuple[str, ...], labels: dict[str, str], release: str | None
+) -> None:
+    """A command of its own, or a role's releases: exactly one of the two."""
+    if role is None:
+        if not command:
+            raise click.UsageError(
+                "nothing to run: give the command after `--` (clawtrace run ... -- python my_agent.py), "
+                "or --role ROLE to run the releases the gateway deploys for that role"
+            )
+        return
+    if command:
+        raise click.UsageError(
+            f"with --role the release's own `command` runs: drop `-- {' '.join(command)}`, or drop "
+            "--role to run that command yourself"
+        )
+    if release is not None:
+        raise click.UsageError(
+            "with --role the gateway says which release runs: drop --release (it is reported for you)"
+        )
+    labelled = labels.get(ROLE_LABEL)
+    if labelled is not None and labelled != role:
+        raise click.UsageError(
+            f"--label role={labelled} contradicts --role {role}: the tool policy would see one role and "
+            "the gateway deploy the other; drop the label (--role sets it)"
+        )
 
 
 @click.command(
@@ -71,11 +106,15 @@ Examples:
       --gateway ws://127.0.0.1:7420 --token "$TOKEN" -- python my_agent.py
   CLAWTRACE_GATEWAY=ws://gw:7420 CLAWTRACE_TOKEN=... \\
       clawtrace run --agent a-2 --env prod --label team=search -- ./agent --verbose
+  # whatever release of role researcher is deployed to dev (clawtrace deploy researcher@1.4.0 --env dev)
+  CLAWTRACE_TOKEN=... VAULT_ADDR=https://vault:8200 VAULT_TOKEN=... \\
+      clawtrace run --role researcher --env dev --agent r-1 --gateway ws://gw:7420
 
 \b
 Exit status: the command's own exit status when it ends and is not
 restarted (128+N if it was killed by signal N), 2 when the gateway refuses
 the credential or the options are wrong, 127/126 when COMMAND cannot be run.
+With --role it runs until SIGTERM or SIGINT, whatever the releases do.
 """,
 )
 @click.option("--agent", required=True, help="Agent id, unique in the fleet (e.g. a-0417).")
@@ -90,6 +129,29 @@ the credential or the options are wrong, 127/126 when COMMAND cannot be run.
     help="Extra label; repeat for several.",
 )
 @click.option("--release", default=None, help="Release id the agent runs (content hash or name).")
+@click.option(
+    "--role",
+    default=None,
+    metavar="ROLE",
+    help="Run the releases the gateway deploys for this role in --env, instead of a COMMAND: fetched, "
+    "verified, started in <spool-dir>/releases/<id>/ with their [env] and secrets, and replaced on the "
+    "next deploy (docs/releases.md). Also the `role` label that tool policy sees.",
+)
+@click.option(
+    "--cwd",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Directory COMMAND runs in. [default: the current directory; with --role: the release's directory]",
+)
+@click.option(
+    "--hook-timeout",
+    type=float,
+    default=DEFAULT_HOOK_TIMEOUT,
+    show_default=True,
+    callback=_positive,
+    help="With --role: seconds a release's tool hook gets to answer before the call is denied. The SDK "
+    "waits 10 s for a decision, so keep it well below that.",
+)
 @click.option(
     "--gateway",
     envvar="CLAWTRACE_GATEWAY",
@@ -208,13 +270,16 @@ the credential or the options are wrong, 127/126 when COMMAND cannot be run.
     show_default=True,
     help="Verbosity of the node agent's own messages (on stderr).",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED, metavar="[-- COMMAND [ARGS]...]")
 def run(
     agent: str,
     env_name: str,
     region: str,
     labels: dict[str, str],
     release: str | None,
+    role: str | None,
+    cwd: Path | None,
+    hook_timeout: float,
     gateway: str,
     token: str | None,
     spool_dir: Path | None,
@@ -248,13 +313,23 @@ def run(
     "$CLAWTRACE_SOCKET" http://localhost/v1/authorize -d '{"tool": ...}'`,
     and --shell-policy checks shell commands. Give the agent its role with
     --label role=NAME.
+
+    With --role ROLE (and no COMMAND) the node agent runs the release the
+    gateway deploys for ROLE in --env: until the first one arrives it
+    reports heartbeats and waits; each deploy is fetched, verified and
+    started in place of the previous one; the release's policy and tool
+    hooks apply on top of the environment's. The running release is kept in
+    the spool directory and started again at once after a restart.
     """
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
         format=f"clawtrace[{agent}] %(levelname)s %(message)s",
     )
-    _check_identity(agent, env_name, region, labels, release)
+    _check_identity(agent, env_name, region, labels, release, role)
+    _check_mode(role, command, labels, release)
+    if role is not None:
+        labels = {**labels, ROLE_LABEL: role}
     if workspace is not None and not workspace.is_dir():
         raise click.BadParameter(
             f"{workspace} is not a directory; create it or point --workspace at the agent's directory",
@@ -292,6 +367,9 @@ def run(
         workspace=str(workspace.resolve()) if workspace is not None else None,
         policy_default="deny" if policy_default == "deny" else "allow",
         shell_policy=shell_policy,
+        cwd=str(cwd.resolve()) if cwd is not None else None,
+        role=role,
+        hook_timeout=hook_timeout,
     )
     try:
         status = asyncio.run(NodeAgent(config).run())

@@ -2,7 +2,9 @@
 
 It captures the process's output and SDK events, spools them to disk, sends
 them to the gateway, reports heartbeats and lifecycle changes, restarts the
-process on crashes and obeys the gateway's restart/stop commands.
+process on crashes and obeys the gateway's restart/stop commands. Started
+with ``--role`` it runs the releases the gateway deploys instead of a command
+of its own (``deploy``: fetch, ``release_store``, ``secrets``, ``hooks``).
 """
 
 from clawtrace.node.agent import GatewayRefused, NodeAgent, NodeConfig

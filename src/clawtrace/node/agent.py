@@ -9,6 +9,10 @@ It is also the agent's policy enforcement point (``NodePolicy``): the SDK,
 the shell shim and HTTP clients ask it on the local socket before a tool
 call runs, it decides with the last bundle the gateway sent, and streams
 every decision as a ``policy`` event.
+
+Started with a role (``clawtrace run --role``), it has no command of its
+own: it runs the release the gateway deploys for its environment and role
+(``Deployer``), with that release's policy and tool hooks on top.
 """
 
 from __future__ import annotations
@@ -33,8 +37,14 @@ import msgspec
 import psutil
 
 from clawtrace.node import shim
-from clawtrace.node.local import SOCKET_ENV, LocalServer
+from clawtrace.node.deploy import Deployer, Prepared
+from clawtrace.node.fetch import ReleaseFetcher
+from clawtrace.node.gate import HookedPolicy
+from clawtrace.node.hooks import DEFAULT_TIMEOUT, RecentCalls, ToolHooks
+from clawtrace.node.local import SOCKET_ENV, LocalServer, PolicyEndpoint
 from clawtrace.node.policy import AuthorizeRequest, DefaultVerdict, NodePolicy, Ruling, bundle_from_payload
+from clawtrace.node.release_store import ReleaseStore
+from clawtrace.node.secrets import NODE_CREDENTIALS
 from clawtrace.node.spool import Spool
 from clawtrace.node.supervisor import (
     Backoff,
@@ -72,6 +82,9 @@ SHIM_DIR: Final = "shell-shims"
 # Secrets of the node agent that the supervised (and possibly misbehaving)
 # agent process has no business reading.
 SCRUBBED_ENV: Final = ("CLAWTRACE_TOKEN",)
+# With --role the node agent reads Vault for the release's secrets itself, so
+# its Vault token is its own credential too (VAULT_TOKEN among them).
+SCRUBBED_ENV_WITH_ROLE: Final = tuple(sorted({*SCRUBBED_ENV, *NODE_CREDENTIALS}))
 # Kinds the agent process may report itself. Heartbeats and lifecycle
 # changes are the node agent's own observations, and policy decisions are the
 # audit trail of the enforcement point: an agent must not be able to forge them.
@@ -119,6 +132,13 @@ class NodeConfig:
     policy_default: DefaultVerdict = "allow"
     # Put the sh/bash shims first on the child's PATH.
     shell_policy: bool = False
+    # Follow the releases the gateway deploys for this role (command is then empty).
+    role: str | None = None
+    # Seconds a tool hook gets to answer (after that it is killed: a deny).
+    hook_timeout: float = DEFAULT_TIMEOUT
+    # A failed deploy is tried again after this long, doubling up to deploy_retry_max.
+    deploy_retry_initial: float = 30.0
+    deploy_retry_max: float = 300.0
 
 
 class GatewayRefused(Exception):
@@ -218,11 +238,12 @@ class NodeAgent:
         # Set by a quarantine command, kept across restarts of the node agent
         # until released: {"since": ..., "reason": ...}.
         self.quarantine: dict[str, Any] | None = self._load_quarantine()
-        self._base_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        scrubbed = SCRUBBED_ENV_WITH_ROLE if config.role else SCRUBBED_ENV
+        self._base_env = {k: v for k, v in os.environ.items() if k not in scrubbed}
         identity = AgentIdentity(
             agent=config.agent,
             env=config.env,
-            role=config.labels.get(ROLE_LABEL) or "default",
+            role=config.labels.get(ROLE_LABEL) or config.role or "default",
             region=config.region,
         )
         self.policy = NodePolicy(
@@ -236,7 +257,28 @@ class NodeAgent:
         )
         if self.quarantine is not None:
             self.policy.set_quarantine(str(self.quarantine.get("reason") or "quarantined"))
-        self.local = LocalServer(self._on_sdk_messages, prefer_dir=str(config.spool_dir), policy=self.policy)
+        self.deployer: Deployer | None = None
+        self._recent_calls = RecentCalls()
+        endpoint: PolicyEndpoint = self.policy
+        if config.role:
+            self.deployer = Deployer(
+                agent=config.agent,
+                env_name=config.env,
+                role=config.role,
+                fetcher=ReleaseFetcher(config.gateway, config.token, env=config.env),
+                store=ReleaseStore(config.spool_dir),
+                policy=self.policy,
+                node_env=os.environ,
+                child_env=self._base_env,
+                report=self._report_deploy,
+                on_running=self._on_release_running,
+                cwd=config.cwd,
+                hook_timeout=config.hook_timeout,
+                retry_initial=config.deploy_retry_initial,
+                retry_max=config.deploy_retry_max,
+            )
+            endpoint = HookedPolicy(self.policy, self.deployer.hooks, self._record_hook_denial)
+        self.local = LocalServer(self._on_sdk_messages, prefer_dir=str(config.spool_dir), policy=endpoint)
         self.shims: shim.ShellShims | None = None
         self.sdk_rejected = 0
         self.events_dropped = 0
@@ -299,6 +341,20 @@ class NodeAgent:
             if event is not None:
                 events.append(event)
         self.emit(events)
+        hooks = self.deployer.hooks() if self.deployer is not None else None
+        if hooks:
+            self._tell_hooks(hooks, events)
+
+    def _tell_hooks(self, hooks: ToolHooks, events: list[Event]) -> None:
+        """Run the release's after_tool_call hooks for the results the agent reported."""
+        for event in events:
+            if isinstance(event, ToolCall):
+                self._recent_calls.remember(event.call_id, event.tool, event.args)
+            elif isinstance(event, ToolResult):
+                tool, args = self._recent_calls.take(event.call_id)
+                hooks.after(
+                    tool, args, event.call_id, ok=event.ok, error=event.error, duration_ms=event.duration_ms
+                )
 
     def _from_sdk(self, message: dict[str, Any]) -> Event | None:
         kind = message.get("kind")
@@ -340,6 +396,9 @@ class NodeAgent:
         if self.local.path is not None:
             env[SOCKET_ENV] = self.local.path
             env[POLICY_ENV] = "enforce"
+        if self.deployer is not None:
+            # The release's [env], secrets and CLAWTRACE_RELEASE*; the node agent's own variables win.
+            env.update(self.deployer.child_env())
         if self.shims is not None:
             env.update(self.shims.child_env(env))
         env[SESSION_ENV] = self.session
@@ -406,6 +465,16 @@ class NodeAgent:
         if command.action == "approval":
             self._on_approval(command.payload, why)
             return
+        if command.action == "deploy":
+            if self.deployer is None:
+                log.warning(
+                    "ignoring %s: this node agent runs its own command; start it with --role ROLE "
+                    "(and no command) to run the releases the gateway deploys",
+                    why,
+                )
+            else:
+                self.deployer.request(command.payload, why)
+            return
         if supervisor is None:
             return
         if command.action == "restart":
@@ -452,6 +521,22 @@ class NodeAgent:
             with contextlib.suppress(OSError):
                 path.unlink()
             self.emit([self._stamp(Lifecycle, state="released", reason=why)])
+
+    # --- releases ---------------------------------------------------------------------
+
+    def _report_deploy(self, state: str, reason: str) -> None:
+        # A reason lists every problem found: long, perhaps, but never more than a frame.
+        event = bound_event(self._stamp(Lifecycle, state=state, reason=reason))
+        if event is not None:
+            self.emit([event])
+
+    def _on_release_running(self, prepared: Prepared | None) -> None:
+        """A new release runs (or none): say so in the next hello, and in a heartbeat now."""
+        release = prepared.id if prepared is not None else None
+        client = self.client
+        if client is not None:
+            client.hello = msgspec.structs.replace(client.hello, release=release)
+        self.emit([self._heartbeat()])
 
     # --- tool policy --------------------------------------------------------------
 
@@ -520,14 +605,25 @@ class NodeAgent:
         else:
             log.info("approval %s: %s (%s)", approval_id, final.decision, final.reason)
 
-    def _record_ruling(self, ruling: Ruling, request: AuthorizeRequest) -> None:
+    def _record_hook_denial(self, ruling: Ruling, request: AuthorizeRequest) -> None:
+        # The policy's allow was recorded with the tool_call already: only the refusal follows.
+        try:
+            self._record_ruling(ruling, request, call_recorded=True)
+        except Exception:
+            log.exception("could not record a tool hook's refusal of %r", ruling.tool)
+
+    def _record_ruling(
+        self, ruling: Ruling, request: AuthorizeRequest, *, call_recorded: bool = False
+    ) -> None:
         """A decision as events: the policy event, and for a reported call its tool_call and refusal."""
         events: list[Event] = []
         reported = request.report and ruling.call_id is not None
-        if reported and ruling.decided_by is None:
+        if reported and ruling.decided_by is None and not call_recorded:
             call = self._stamp(ToolCall, call_id=ruling.call_id, tool=ruling.tool, args=request.args)
             ts = _parse_ts(request.ts)
             events.append(msgspec.structs.replace(call, ts=ts) if ts is not None else call)
+            if self.deployer is not None and ruling.call_id is not None:
+                self._recent_calls.remember(ruling.call_id, ruling.tool, request.args)
         events.append(
             self._stamp(
                 PolicyDecision,
@@ -572,12 +668,16 @@ class NodeAgent:
             if pid is not None and _hung(pid):
                 log.warning("agent process %d is stopped or a zombie: no heartbeat", pid)
                 continue
-            usage = self._usage.sample(pid) if pid is not None else None
-            if usage is None:
-                self.emit([self._stamp(Heartbeat)])
-            else:
-                cpu, rss = usage
-                self.emit([self._stamp(Heartbeat, cpu_percent=cpu, rss_bytes=rss)])
+            self.emit([self._heartbeat(pid)])
+
+    def _heartbeat(self, pid: int | None = None) -> Heartbeat:
+        usage = self._usage.sample(pid) if pid is not None else None
+        # Only a node agent following a role's releases reports one: it is the one that knows.
+        release = self.deployer.running_id if self.deployer is not None else None
+        if usage is None:
+            return self._stamp(Heartbeat, release=release)
+        cpu, rss = usage
+        return self._stamp(Heartbeat, cpu_percent=cpu, rss_bytes=rss, release=release)
 
     async def _uplink(self, client: UplinkClient) -> None:
         # client.run() only returns on close(); anything unexpected is logged
@@ -636,8 +736,18 @@ class NodeAgent:
                     ", ".join(self.shims.shells) or "no shell",
                     self.shims.directory,
                 )
+            release = cfg.release
+            if self.deployer is not None:
+                # Offline-first: the release that ran last is started again at once, so say so.
+                current = self.deployer.store.current()
+                release = current.id if current is not None else None
             hello = Hello(
-                agent=cfg.agent, env=cfg.env, region=cfg.region, labels=cfg.labels, release=cfg.release
+                agent=cfg.agent,
+                env=cfg.env,
+                region=cfg.region,
+                labels=cfg.labels,
+                release=release,
+                role=cfg.role,
             )
             self.client = client = UplinkClient(
                 cfg.gateway,
@@ -657,12 +767,16 @@ class NodeAgent:
                 policy=cfg.restart,
                 backoff=cfg.backoff,
                 stop_timeout=cfg.stop_timeout,
+                # With a role, the releases come and go; the node agent stays.
+                idle_when_done=self.deployer is not None,
             )
             installed = self._install_signals(supervisor)
             uplink = asyncio.create_task(self._uplink(client), name="clawtrace-uplink")
             child = asyncio.create_task(supervisor.run(), name="clawtrace-supervisor")
             heartbeats = asyncio.create_task(self._heartbeats(), name="clawtrace-heartbeat")
             tasks = [uplink, child, heartbeats]
+            if self.deployer is not None:
+                tasks.append(asyncio.create_task(self._follow_releases(supervisor), name="clawtrace-deploy"))
             await asyncio.wait({uplink, child}, return_when=asyncio.FIRST_COMPLETED)
             if not child.done():
                 # The uplink ended first: only a refused credential does that.
@@ -685,6 +799,8 @@ class NodeAgent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self.deployer is not None:
+                await self.deployer.close()
             # Still-pending approvals are denied (and recorded) while the spool is open.
             self.policy.close()
             if self.client is not None:
@@ -692,6 +808,18 @@ class NodeAgent:
                     await self.client.close()
             await self.local.close()
             spool.close()
+
+    async def _follow_releases(self, supervisor: Supervisor) -> None:
+        deployer = self.deployer
+        assert deployer is not None
+        # Like the uplink: the agent must not notice a bug here, so log it and carry on.
+        while True:
+            try:
+                await deployer.run(supervisor)
+                return
+            except Exception:
+                log.exception("following the gateway's releases failed unexpectedly; resuming in 5 s")
+                await asyncio.sleep(5)
 
     async def _drain(self, client: UplinkClient, spool: Spool) -> None:
         """Give the gateway a few seconds to ack what is spooled; the rest waits on disk."""

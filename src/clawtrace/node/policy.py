@@ -9,6 +9,13 @@ events: the audit trail comes from the enforcement point, never from the agent.
 A ``require_approval`` decision gets an approval id and waits for an
 ``approval`` command from the gateway; after the bundle's
 ``approval_timeout_seconds`` it becomes a deny decided by "timeout".
+
+A node agent that runs a role's release (``clawtrace run --role``) also
+holds the release's own policy (``set_role_policy``). A call must then be
+allowed by both bundles: the stricter decision wins (deny, then
+require_approval, then allow), and its ``policy_version`` says which bundle
+made it: the environment's version, or ``ROLE@VERSION:<version>`` for the
+release's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ NO_BUNDLE_RULE: Final = "no-bundle"
 # A shell request whose tool the bundle does not treat as a shell tool.
 NOT_A_SHELL_TOOL_RULE: Final = "not-a-shell-tool"
 EVALUATION_FAILED_RULE: Final = "evaluation-failed"
+# How strict a decision is: with two bundles, the stricter one decides.
+_STRICTNESS: Final = {"allow": 0, "require_approval": 1, "deny": 2}
 # Decided approvals stay answerable (GET /v1/approvals/<id>) for a while.
 SETTLED_KEPT: Final = 256
 MAX_APPROVAL_WAIT: Final = 600.0
@@ -151,6 +160,9 @@ class NodePolicy:
         self.default: DefaultVerdict = default
         self.record = record
         self.engine: PolicyEngine | None = None
+        # The running release's own policy (clawtrace run --role), and its ROLE@VERSION.
+        self.role_engine: PolicyEngine | None = None
+        self.role_label: str | None = None
         self.quarantine: str | None = None
         self._pending: dict[str, _Pending] = {}
         self._settled: OrderedDict[str, Ruling] = OrderedDict()
@@ -162,6 +174,12 @@ class NodePolicy:
     @property
     def version(self) -> str | None:
         return self.engine.version if self.engine is not None else None
+
+    @property
+    def role_version(self) -> str | None:
+        """``ROLE@VERSION:<bundle version>`` of the release's policy, the policy_version of its decisions."""
+        engine = self.role_engine
+        return f"{self.role_label}:{engine.version}" if engine is not None else None
 
     @property
     def path(self) -> Path:
@@ -187,6 +205,22 @@ class NodePolicy:
             self._save(bundle)
         self.engine = engine
         return bundle
+
+    def set_role_policy(self, bundle: PolicyBundle | None, label: str | None = None) -> None:
+        """Enforce a release's policy on top of the environment's (None: the release has none).
+
+        Raises PolicyError (and changes nothing) if it does not compile. Not
+        saved: the installed release holds it, and is loaded again on restart.
+        """
+        if bundle is None:
+            self.role_engine = None
+            self.role_label = None
+            return
+        compiled = compile_bundle(bundle if bundle.version else bundle.with_version())
+        self.role_engine = PolicyEngine(
+            compiled, self.identity, workspace=self.workspace, home=self.home, env=self.env
+        )
+        self.role_label = label or bundle.env
 
     def load_saved(self) -> PolicyBundle | None:
         """The last good bundle from an earlier run, if there is one; raises PolicyError if it is unusable."""
@@ -248,6 +282,19 @@ class NodePolicy:
         return ruling
 
     def _decide(self, request: AuthorizeRequest) -> Ruling:
+        ruling = self._decide_for_env(request)
+        role_engine = self.role_engine
+        if role_engine is None:
+            return ruling
+        by_role = self._decide_with(role_engine, self.role_version, request)
+        stricter = _STRICTNESS[by_role.decision] - _STRICTNESS[ruling.decision]
+        # On a tie the environment's decision is the one reported, unless nothing
+        # but --policy-default made it (no bundle yet): the release's then says more.
+        if stricter > 0 or (stricter == 0 and ruling.rule == NO_BUNDLE_RULE):
+            return by_role
+        return ruling
+
+    def _decide_for_env(self, request: AuthorizeRequest) -> Ruling:
         tool = request.tool
         engine = self.engine
         if engine is None:
@@ -272,7 +319,10 @@ class NodePolicy:
                 command=command,
                 call_id=request.call_id,
             )
-        version = engine.version
+        return self._decide_with(engine, engine.version, request)
+
+    def _decide_with(self, engine: PolicyEngine, version: str | None, request: AuthorizeRequest) -> Ruling:
+        tool = request.tool
         shell_arg = engine.compiled.bundle.settings.shell_tools.get(tool)
         if request.shell and engine.quarantine is None and shell_arg is None:
             # The shim's command would otherwise be decided as a plain tool, unread.
@@ -336,6 +386,9 @@ class NodePolicy:
         approval_id = uuid.uuid4().hex
         ruling = msgspec.structs.replace(ruling, approval_id=approval_id)
         bundle = self.bundle
+        role_engine = self.role_engine
+        if role_engine is not None and ruling.policy_version == self.role_version:
+            bundle = role_engine.compiled.bundle  # the release's policy asked for the approval
         timeout = bundle.settings.approval_timeout_seconds if bundle is not None else 0.0
         loop = asyncio.get_running_loop()
         timer = loop.call_later(max(timeout, 0.0), self._expire, approval_id)
@@ -440,6 +493,7 @@ class NodePolicy:
             "region": self.identity.region,
             "workspace": self.workspace,
             "policy_version": bundle.version if bundle is not None else None,
+            "release_policy_version": self.role_version,
             "default": None if bundle is not None else self.default,
             "quarantined": self.quarantine,
             "pending_approvals": [p.answer() for p in self.pending()],

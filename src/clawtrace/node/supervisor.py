@@ -147,6 +147,12 @@ class Supervisor:
     for good: on its own (and the policy says not to restart it) or because
     ``shutdown()`` was called. ``restart()`` and ``stop()`` come from the
     gateway; after ``stop()`` the supervisor idles until ``restart()``.
+
+    A node agent that follows a role's releases starts with no command
+    (``argv`` empty: it idles until ``switch()``), replaces the command with
+    ``switch()`` on every deploy, and keeps idling (``idle_when_done``)
+    rather than returning when its child ends for good, so the next deploy
+    or restart command can still start one.
     """
 
     def __init__(
@@ -161,10 +167,12 @@ class Supervisor:
         backoff: Backoff | None = None,
         stop_timeout: float = 10.0,
         max_line_bytes: int = MAX_LINE_BYTES,
+        idle_when_done: bool = False,
     ) -> None:
-        if not argv:
+        if not argv and not idle_when_done:
             raise ValueError("no command to run")
         self.argv = list(argv)
+        self.idle_when_done = idle_when_done
         self.on_lines = on_lines
         self.on_lifecycle = on_lifecycle
         self.env = env
@@ -181,6 +189,11 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._shutdown_signal: int | None = None
         self._terminator: asyncio.Task[None] | None = None
+        # Resolved with the pid once a switched-to command has started (None if
+        # it was stopped before it could start), or failed with its SpawnError.
+        self._switched: asyncio.Future[int | None] | None = None
+        # Stopped on request (stop()): stays stopped until restart(), a new command included.
+        self._held = False
 
     # --- requests (any time, from the event loop) -----------------------------
 
@@ -193,13 +206,50 @@ class Supervisor:
         """Restart the child now (or start it, if it is stopped or backing off)."""
         self._restart_reason = reason
         self._stop_reason = None
+        self._held = False
         self._wake.set()
 
     def stop(self, reason: str = "stop requested") -> None:
         """Stop the child and stay stopped until ``restart()``."""
         self._stop_reason = reason
         self._restart_reason = None
+        self._held = True
+        # A command switched to but not started yet stays the command: it
+        # starts on the next restart(), and whoever switched need not wait.
+        self._settle_switch(None)
         self._wake.set()
+
+    def switch(self, argv: Sequence[str], cwd: str | None, reason: str) -> asyncio.Future[int | None]:
+        """Run ``argv`` in ``cwd`` from now on: the child is stopped (as by restart()) and started anew.
+
+        The future gets the new child's pid once it runs, None if the child
+        is stopped on request (stop(): the new command waits for restart()),
+        or the SpawnError if it cannot be started; in that case the
+        supervisor is left with no command (idle) until the next switch().
+        """
+        if not argv:
+            raise ValueError("no command to switch to")
+        self._settle_switch(None)
+        self.argv = list(argv)
+        self.cwd = cwd
+        self._switched = waiter = asyncio.get_running_loop().create_future()
+        if self._held:
+            self._settle_switch(None)
+            return waiter
+        self._restart_reason = reason
+        self._stop_reason = None
+        self._next_delay = self.backoff.initial
+        self._wake.set()
+        return waiter
+
+    def _settle_switch(self, pid: int | None, error: SpawnError | None = None) -> None:
+        waiter, self._switched = self._switched, None
+        if waiter is None or waiter.done():
+            return
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(pid)
 
     def shutdown(self, signum: int = signal.SIGTERM) -> None:
         """Forward ``signum`` to the child and end ``run()`` once it has exited.
@@ -211,6 +261,9 @@ class Supervisor:
             self._signal_group(signal.SIGKILL)
             return
         self._shutdown_signal = signum
+        if self._switched is not None:
+            self._switched.cancel()
+            self._switched = None
         self._wake.set()
 
     def forward(self, signum: int) -> None:
@@ -224,6 +277,10 @@ class Supervisor:
         while True:
             if self._shutdown_signal is not None:
                 return status
+            if not self.argv:
+                if not await self._idle_until_command():
+                    return status
+                continue
             if self._stop_reason is not None:
                 status = 0
                 if not await self._idle_until_restart():
@@ -232,6 +289,8 @@ class Supervisor:
             if self._shutdown_signal is not None:
                 self._emit("stopped", reason=f"node agent received {self._signal_name()}")
                 return status
+            if not self.argv:
+                continue  # a switched-to command could not start: wait for the next one
             if self._stop_reason is not None:
                 self._emit("stopped", reason=self._stop_reason)
                 continue
@@ -239,12 +298,13 @@ class Supervisor:
                 self._emit("restarting", reason=restart_now)
                 continue
             if not self._should_restart(status):
-                self._emit(
-                    "stopped",
-                    exit_code=status,
-                    reason=f"{self._last_exit}; restart policy {self.policy.value}",
-                )
-                return status
+                reason = f"{self._last_exit}; restart policy {self.policy.value}"
+                self._emit("stopped", exit_code=status, reason=reason)
+                if not self.idle_when_done:
+                    return status
+                # Stays up for the next deploy or restart command, as after stop().
+                self._stop_reason = reason
+                continue
             delay = self._next_delay
             self._next_delay = min(self._next_delay * 2, self.backoff.maximum)
             self._emit(
@@ -267,6 +327,18 @@ class Supervisor:
         if self.policy is RestartPolicy.ON_FAILURE:
             return status != 0
         return False
+
+    async def _idle_until_command(self) -> bool:
+        """Wait with no command until switch() gives one; True then, False on shutdown."""
+        while not self.argv:
+            if self._shutdown_signal is not None:
+                return False
+            if self._restart_reason is not None:
+                log.info("nothing to restart: no command yet (%s)", self._restart_reason)
+                self._restart_reason = None
+            self._wake.clear()
+            await self._wake.wait()
+        return self._shutdown_signal is None
 
     async def _idle_until_restart(self) -> bool:
         """Wait in the stopped state; True when asked to restart, False on shutdown."""
@@ -309,24 +381,36 @@ class Supervisor:
             raise SpawnError(f"cannot run {self.argv[0]!r}: no such file or command", 127) from None
         except PermissionError:
             raise SpawnError(f"cannot run {self.argv[0]!r}: permission denied", 126) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or the environment
             raise SpawnError(f"cannot run {self.argv[0]!r}: {exc}", 126) from None
 
     async def _run_child(self) -> tuple[int, str | None]:
         """Run the child once; returns its exit status and a restart reason if one was requested."""
         self._wake.clear()
+        # A restart asked for before this start is what this start does.
+        self._restart_reason = None
+        # A switch() while the spawn is under way is a newer command: not this one.
+        switched = self._switched
         try:
             proc = await self._spawn()
         except SpawnError as exc:
-            if self.starts == 0:
+            self._last_exit = str(exc)
+            if self.starts == 0 and switched is None and not self.idle_when_done:
                 # A typo in the command should fail fast, not crash-loop.
                 raise
             log.error("%s", exc)
-            self._last_exit = str(exc)
+            ours = switched is not None and self._switched is switched
+            if ours:
+                # Whoever switched decides what runs instead; until then, nothing does.
+                self.argv = []
             self._emit("exited", exit_code=exc.exit_status, reason=str(exc))
+            if ours:
+                self._settle_switch(None, exc)
             return exc.exit_status, None
         self.proc = proc
         self.starts += 1
+        if switched is not None and self._switched is switched:
+            self._settle_switch(proc.pid)
         started = time.monotonic()
         log.info("started %s (pid %d)", self.argv[0], proc.pid)
         self._emit("started", reason=f"pid {proc.pid}", pid=proc.pid)
