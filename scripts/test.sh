@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+scripts/services.sh
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 mkdir -p test-artifacts

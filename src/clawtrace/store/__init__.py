@@ -1,4 +1,4 @@
-"""Durable storage behind one interface: SQLite (embedded) today, PostgreSQL next."""
+"""Durable storage behind one interface: SQLite (embedded, the default) or PostgreSQL (scale mode)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ from clawtrace.store.base import (
     WriteBatch,
 )
 
+# URL schemes of the PostgreSQL store (psycopg itself is imported only when one is opened).
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
 
 def open_store(url: str, data_dir: Path) -> Store:
     """Open (and migrate) the store named by ``url``.
 
     ``sqlite:///path`` or ``sqlite://`` (the default file in ``data_dir``);
-    ``null://`` discards events (benchmark ceiling).
+    ``postgresql://USER@HOST:PORT/DATABASE`` (store/postgres_url.py says what
+    else the URL may carry); ``null://`` discards events (benchmark ceiling).
     """
     store: Store
     if url in ("", "sqlite://", "sqlite:///"):
@@ -34,19 +38,34 @@ def open_store(url: str, data_dir: Path) -> Store:
         from clawtrace.store.sqlite import SQLiteStore
 
         store = SQLiteStore(url[len("sqlite:///") :])
+    elif url.partition("://")[0] in POSTGRES_SCHEMES and "://" in url:
+        # Imported here: psycopg is only needed (and only installed) for scale mode.
+        try:
+            from clawtrace.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"the PostgreSQL store needs psycopg ({exc}): pip install 'clawtrace[postgres]'"
+            ) from None
+        store = PostgresStore(url)
     elif url == "null://":
         from clawtrace.store.null import NullEventStore
 
         store = NullEventStore(data_dir / "clawtrace.db")
     else:
         raise StoreError(
-            f"unsupported store URL {url!r}: use sqlite:///PATH (default: a file in the data dir) or null://"
+            f"unsupported store URL {url!r}: use sqlite:///PATH (default: a file in the data dir),"
+            " postgresql://USER@HOST:PORT/DATABASE or null://"
         )
-    store.migrate()
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
 __all__ = [
+    "POSTGRES_SCHEMES",
     "AgentEnvMismatch",
     "AgentInfo",
     "AgentRecord",

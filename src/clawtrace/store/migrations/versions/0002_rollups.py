@@ -7,6 +7,8 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
+from clawtrace.store.migrations.column_types import ID_TYPE
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -16,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "rollups",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("scope", sa.Text, nullable=False),
         sa.Column("minute", sa.BigInteger, nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),

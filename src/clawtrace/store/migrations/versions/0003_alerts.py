@@ -7,6 +7,8 @@ Revises: 0002
 import sqlalchemy as sa
 from alembic import op
 
+from clawtrace.store.migrations.column_types import ID_TYPE
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -26,7 +28,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "alert_history",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("ts", sa.Float, nullable=False),
         sa.Column("rule", sa.Text, nullable=False),
         sa.Column("agent", sa.Text, nullable=False),
@@ -53,7 +55,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("ts", sa.Float, nullable=False),
         sa.Column("env", sa.Text, nullable=False),
         sa.Column("actor", sa.Text, nullable=False),

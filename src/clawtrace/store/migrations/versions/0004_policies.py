@@ -7,6 +7,8 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
+from clawtrace.store.migrations.column_types import ID_TYPE
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -16,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "policy_bundles",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("env", sa.Text, nullable=False),
         sa.Column("version", sa.Text, nullable=False),
         sa.Column("bundle", sa.Text, nullable=False),

@@ -7,6 +7,8 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
+from clawtrace.store.migrations.column_types import ID_TYPE
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -17,7 +19,7 @@ def upgrade() -> None:
     op.add_column("agents", sa.Column("role", sa.Text, nullable=True))
     op.create_table(
         "deployments",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("env", sa.Text, nullable=False),
         sa.Column("role", sa.Text, nullable=False),
         sa.Column("release", sa.Text, nullable=False),
