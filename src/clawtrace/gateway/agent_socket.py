@@ -26,7 +26,7 @@ from clawtrace.protocol import (
     encode,
 )
 from clawtrace.protocol.messages import Ack
-from clawtrace.store import AgentEnvMismatch, AgentInfo
+from clawtrace.store import AgentEnvMismatch, AgentInfo, StoreError
 
 log = logging.getLogger("clawtrace.gateway.agents")
 
@@ -158,6 +158,15 @@ class AgentConnection:
         except AgentEnvMismatch as exc:
             await self.refuse(ErrorCode.FORBIDDEN, str(exc), CloseCode.FORBIDDEN)
             return
+        except StoreError as exc:
+            # The node agent keeps its events and reconnects; nothing is lost.
+            log.warning("agent %s: not welcomed, the store is unavailable: %s", hello.agent, exc)
+            await self.refuse(
+                ErrorCode.STORE_UNAVAILABLE,
+                f"the gateway cannot reach its store right now ({exc}); reconnect later",
+                CloseCode.TRY_AGAIN_LATER,
+            )
+            return
         log.info("agent %s connected (env %s, region %s)", hello.agent, hello.env, hello.region)
         acker = asyncio.create_task(self._ack_loop())
         quarantine = self.pipeline.quarantined.get(hello.agent)
@@ -182,8 +191,12 @@ class AgentConnection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(acker, 5.0)
             acker.cancel()
-            await self.pipeline.detach(state, self)
-            log.info("agent %s disconnected", hello.agent)
+            try:
+                await self.pipeline.detach(state, self)
+            except StoreError as exc:
+                log.warning("agent %s disconnected; recording it failed: %s", hello.agent, exc)
+            else:
+                log.info("agent %s disconnected", hello.agent)
 
     async def _receive(self) -> bytes | str | None:
         message = await self.ws.receive()

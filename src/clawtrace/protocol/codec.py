@@ -49,6 +49,8 @@ class CloseCode:
     RATE_LIMITED: Final = 4008
     REPLACED: Final = 4009
     SHUTTING_DOWN: Final = 1001
+    # RFC 6455 "try again later": the gateway cannot take events right now (its store is down).
+    TRY_AGAIN_LATER: Final = 1013
     TOO_BIG: Final = 1009
 
 
