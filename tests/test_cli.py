@@ -297,7 +297,8 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path) -> None:
             role = httpx.get(f"http://127.0.0.1:{port}/api/v1/envs/dev/roles/researcher", headers=headers)
             progress = role.json().get("progress") or {}
             time.sleep(0.5)
-        assert progress == {"running": 50, "total": 50, "text": "50 of 50 connected agents run researcher@demo-1"}
+        expected = {"running": 50, "total": 50, "text": "50 of 50 connected agents run researcher@demo-1"}
+        assert progress == expected
         console = httpx.get(f"http://127.0.0.1:{port}/login", params={"token": viewer}, follow_redirects=True)
         assert console.status_code == 200 and "50 agents" in console.text
     finally:
