@@ -1,8 +1,9 @@
 """The web console end to end: Debian's Chromium (headless, Playwright), a real gateway, the simulator.
 
-One gateway and one simulated fleet serve the whole module (12 agents in dev,
+One gateway and one simulated fleet serve most of the module (12 agents in dev,
 one of them stuck in a failing-tool loop); each test logs in with its own
-credential in its own browser context. The alert rule file makes the loop
+credential in its own browser context. The environments page has a gateway
+of its own, with releases and a small fleet that follows a role. The alert rule file makes the loop
 fire ReasoningLoop within seconds and only notify, so the alert stays for the
 silencing test. Screenshots of every page go to test-artifacts/screenshots/.
 The first tests need no browser: the pieces the pages are built from.
@@ -33,6 +34,7 @@ from clawtrace.sim import FleetConfig, Scenario, agent_ids, assign_scenarios
 from clawtrace.store import open_store
 from clawtrace.store.base import ApprovalRecord
 from gateway_process import GatewayProcess
+from releases import post, upload, write_release_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = 12
@@ -564,3 +566,214 @@ def test_keyboard_theme_and_laptop_widths(console: Console, chromium: Browser) -
         assert overflow <= 0, f"{path} at 1,024 px is {overflow} px too wide"
     screenshot(page, "metrics-laptop")
     context.close()
+
+
+# --- the environments page ------------------------------------------------------------------
+
+ROLE_AGENTS = 3
+# Staging needs an admin's approval too, so the page has an Approve to press; dev never rolls back
+# on its own (a default alert rule firing on a simulated agent would make the test flaky).
+ENVIRONMENTS_CONFIG = """
+[gateway.environments.staging.gates]
+approval = true
+
+[gateway.environments.dev.rollout]
+auto_rollback = false
+"""
+
+
+@dataclass
+class Environments:
+    gw: GatewayProcess
+    viewer: str
+    operator: str
+    admin: str
+
+    @property
+    def url(self) -> str:
+        return self.gw.http_url
+
+    def role_status(self, env: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.gw.get(f"/api/v1/envs/{env}/roles/researcher").json()
+        return status
+
+
+@pytest.fixture(scope="module")
+def environments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environments]:
+    """researcher@1.3.0 then @1.4.0 deployed to dev, and three simulated agents that follow the role."""
+    root = tmp_path_factory.mktemp("environments")
+    config = root / "clawtrace.toml"
+    config.write_text(ENVIRONMENTS_CONFIG)
+    gw = GatewayProcess(root / "gw", extra_args=["--config", str(config)])
+    gw.start()
+    sim: subprocess.Popen[bytes] | None = None
+    try:
+        admin = gw.token("*", "admin")
+        for version in ("1.3.0", "1.4.0"):
+            upload(gw.http_url, admin, write_release_dir(root / version, role="researcher", version=version))
+            body = {"release": f"researcher@{version}", "env": "dev"}
+            deployed = post(gw.http_url, admin, "/api/v1/deployments", body)
+            assert deployed.status_code == 201, deployed.text
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "clawtrace", "simulate", "-n", str(ROLE_AGENTS), "--role", "researcher",
+             "--env", "dev", "--gateway", gw.ws_url, "--token", gw.token("dev", "agent"), "--rate", "2",
+             "--heartbeat-interval", "1", "--seed", str(SEED), "--drain-timeout", "2", "-q"],
+            stdout=(root / "sim.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        envs = Environments(gw, gw.token("*", "viewer"), gw.token("*", "operator"), admin)
+        deadline = time.monotonic() + 30
+        while (envs.role_status("dev").get("progress") or {}).get("running") != ROLE_AGENTS:
+            assert time.monotonic() < deadline, (root / "sim.log").read_text()
+            time.sleep(0.2)
+        yield envs
+    finally:
+        if sim is not None:
+            sim.send_signal(signal.SIGINT)
+            try:
+                sim.wait(15)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+        log = gw.log()
+        gw.stop()
+        assert "Traceback" not in log, log[-5000:]
+
+
+def env_cell(page: Page, env: str) -> Any:
+    return page.locator(f"td.env-cell[data-env={env}][data-role=researcher]")
+
+
+def test_environments_rollout_gates_promotion_approval_and_diff(
+    environments: Environments, chromium: Browser
+) -> None:
+    envs = environments
+    context = new_context(chromium)
+    page = log_in(context, envs.url, envs.operator, with_form=False)
+    page.keyboard.press("g")
+    page.keyboard.press("e")
+    expect(page).to_have_url(f"{envs.url}/envs")
+    expect(page.locator("table.env-board thead th[data-env]")).to_have_text(
+        [re.compile(r"^dev"), re.compile(r"^staging ← dev"), re.compile(r"^prod ← staging")]
+    )
+
+    # dev: the release every connected agent of the role runs, its phase and a full progress bar.
+    dev = env_cell(page, "dev")
+    expect(dev.locator(".ref")).to_have_text("researcher@1.4.0")
+    expect(dev.locator(".progress-text")).to_have_text(
+        f"{ROLE_AGENTS} of {ROLE_AGENTS} connected agents run researcher@1.4.0"
+    )
+    expect(dev.locator("progress")).to_have_attribute("value", str(ROLE_AGENTS))
+    expect(dev.locator("progress")).to_have_attribute("max", str(ROLE_AGENTS))
+    expect(dev.locator(".ph-complete")).to_have_count(1, timeout=WAIT_MS)
+    expect(dev.locator("button", has_text="Rollback")).to_have_count(1)
+
+    # staging: the promotion from dev with every gate; the soak gate fails and says why.
+    staging = env_cell(page, "staging")
+    expect(staging.locator(".promotion-head")).to_contain_text("researcher@1.4.0 from dev")
+    soak = staging.locator("li[data-gate=soak]")
+    expect(soak).to_have_class(re.compile(r"\bfail\b"))
+    expect(soak).to_contain_text(re.compile(r"live in dev for \d+s of the 1h required"))
+    expect(staging.locator("li[data-gate=approval]")).to_have_class(re.compile(r"\bfail\b"))
+    expect(staging.locator("button", has_text="Approve")).to_have_count(0)  # an operator's page
+
+    # Promote anyway: refused, with the API's message naming the failed gate.
+    staging.locator("button", has_text="Promote to staging").click()
+    expect(page.locator(".toast.error").last).to_contain_text(
+        "researcher@1.4.0 cannot enter staging: soak gate: live in dev for"
+    )
+    screenshot(page, "environments")
+    [refused] = envs.gw.get("/api/v1/audit", action="promote").json()["entries"]
+    assert (refused["result"], refused["env"]) == ("refused", "staging"), refused
+
+    # The env diff: dev is ahead of staging, a pending promotion, shown but not flagged.
+    row = page.locator("#diff-table tr[data-area=release][data-key=researcher]")
+    expect(row).to_have_class("shown")
+    expect(row).to_contain_text("not in staging yet: pending promotion")
+    expect(row.locator(".flag")).to_have_count(0)
+    page.select_option("#diff-b", "prod")
+    expect(page).to_have_url(re.compile(r"/envs\?a=dev&b=prod#env-diff$"))
+    expect(page.locator("#diff-table thead")).to_contain_text("prod")
+    expect(page.locator("#diff-table tr[data-key=researcher]")).to_contain_text("pending promotion")
+    context.close()
+
+    # An admin approves the release for staging: the approval gate passes, the soak gate still fails.
+    context = new_context(chromium)
+    page = log_in(context, envs.url, envs.admin, with_form=False)
+    page.goto(f"{envs.url}/envs")
+    staging = env_cell(page, "staging")
+    page.fill("#env-reason", "console test approval")
+    staging.locator("button", has_text="Approve for staging").click()
+    expect(page.locator(".toast").last).to_contain_text("approved for staging by admin:")
+    approval = staging.locator("li[data-gate=approval]")
+    expect(approval).to_have_class(re.compile(r"\bpass\b"), timeout=WAIT_MS)
+    expect(approval).to_contain_text("approved by admin:")
+    expect(staging.locator("li[data-gate=soak]")).to_have_class(re.compile(r"\bfail\b"))
+    expect(staging.locator("button", has_text="Approve")).to_have_count(0)
+    [approved] = envs.gw.get("/api/v1/audit", action="approve_promotion").json()["entries"]
+    assert (approved["env"], approved["reason"]) == ("staging", "console test approval"), approved
+    context.close()
+
+
+def test_environments_a_viewer_is_refused_and_an_operator_rolls_back(
+    environments: Environments, chromium: Browser
+) -> None:
+    envs = environments
+    viewer = new_context(chromium)
+    view = log_in(viewer, envs.url, envs.viewer, with_form=False)
+    view.goto(f"{envs.url}/envs")
+    # The gates are there to read; no button is.
+    expect(env_cell(view, "staging").locator("li[data-gate=soak]")).to_have_count(1)
+    for label in ("Promote", "Rollback", "Approve", "Deploy"):
+        expect(view.locator("button", has_text=label)).to_have_count(0)
+    expect(view.locator("#deploy-form")).to_have_count(0)
+    forged = """async ([path, body]) => {
+        const r = await fetch(path, {
+          method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+        });
+        return [r.status, await r.json()];
+      }"""
+    promotion = {"release": "researcher@1.4.0", "to": "staging", "reason": "forged"}
+    status, body = view.evaluate(forged, ["/console/api/v1/promotions", promotion])
+    assert status == 403 and "needs the operator role" in body["error"]["message"], body
+    status, body = view.evaluate(forged, ["/console/api/v1/rollbacks", {"role": "researcher", "env": "dev"}])
+    assert status == 403 and "needs the operator role" in body["error"]["message"], body
+    # Asking for the gates only is a viewer's right.
+    status, body = view.evaluate(forged, ["/console/api/v1/promotions", {**promotion, "check": True}])
+    assert status == 200 and not body["passed"], body
+    view.goto(f"{envs.url}/envs/dev/roles/researcher")
+    expect(view.locator("#role-agents tbody tr")).to_have_count(ROLE_AGENTS)
+    expect(view.locator("#role-live button")).to_have_count(0)
+    assert envs.role_status("dev")["deployment"]["ref"] == "researcher@1.4.0"  # the forgeries did nothing
+    viewer.close()
+
+    # An operator rolls dev back from the role's page: every agent goes back to 1.3.0.
+    operator = new_context(chromium)
+    page = log_in(operator, envs.url, envs.operator, with_form=False)
+    page.goto(f"{envs.url}/envs")
+    env_cell(page, "dev").locator("a", has_text="history").click()
+    expect(page).to_have_url(f"{envs.url}/envs/dev/roles/researcher")
+    history = page.locator("#role-history tbody tr")
+    expect(history).to_have_count(2)
+    expect(history.first).to_contain_text("researcher@1.4.0")
+    page.fill("#env-reason", "console test rollback")
+    page.locator("#role-live button", has_text="Rollback").click()
+    expect(page.locator(".toast").last).to_contain_text(
+        "researcher@1.3.0 is the desired release of researcher in dev now (rollback)"
+    )
+    expect(history).to_have_count(3, timeout=WAIT_MS)
+    expect(history.first).to_have_attribute("data-kind", "rollback")
+    expect(history.first).to_contain_text("console test rollback")
+    expect(
+        page.locator("#role-history tr", has_text="researcher@1.4.0").locator(".ph-rolled_back")
+    ).to_have_count(1)
+    expect(page.locator("#role-live .progress-text")).to_have_text(
+        f"{ROLE_AGENTS} of {ROLE_AGENTS} connected agents run researcher@1.3.0", timeout=WAIT_MS
+    )
+    screenshot(page, "environment-role", full_page=True)
+
+    # Both pages fit a small laptop's window.
+    page.set_viewport_size({"width": 1024, "height": 768})
+    for path in ("/envs", "/envs/dev/roles/researcher"):
+        page.goto(f"{envs.url}{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} at 1,024 px is {overflow} px too wide"
+    operator.close()

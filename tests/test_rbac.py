@@ -371,6 +371,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/alerts/live"): Access(VIEWER, page=True),
     ("GET", "/policies"): Access(VIEWER, page=True),
     ("GET", "/policies/approvals"): Access(VIEWER, page=True),
+    ("GET", "/envs"): Access(VIEWER, page=True),
+    ("GET", "/envs/live"): Access(VIEWER, page=True),
+    ("GET", "/envs/{env}/roles/{role}"): Access(VIEWER, page=True),
+    ("GET", "/envs/{env}/roles/{role}/live"): Access(VIEWER, page=True),
     # The console's cookie-authenticated copies of API routes (clawtrace/console/actions.py).
     ("GET", "/console/api/v1/agents/{agent}/events"): Access(VIEWER),
     ("GET", "/console/api/v1/metrics"): Access(VIEWER),
@@ -380,6 +384,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/console/api/v1/silences/{silence_id}"): Access(OPERATOR),
     ("POST", "/console/api/v1/approvals/{approval_id}"): Access(OPERATOR),
     ("POST", "/console/api/v1/authorize"): Access(OPERATOR),
+    ("POST", "/console/api/v1/deployments"): Access(OPERATOR),
+    # A viewer may only ask for the gates (check: true).
+    ("POST", "/console/api/v1/promotions"): Access(VIEWER),
+    ("POST", "/console/api/v1/promotions/approvals"): Access(ADMIN),
+    ("POST", "/console/api/v1/rollbacks"): Access(OPERATOR),
     ("GET", "/metrics"): Access(VIEWER),
     ("POST", "/v1/events"): Access(INGEST),
     ("WS", "/v1/agent"): Access(INGEST),

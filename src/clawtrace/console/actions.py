@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential
-from clawtrace.gateway import alerts_api, api, metrics_api, policy_api
+from clawtrace.gateway import alerts_api, api, envs_api, metrics_api, policy_api
 from clawtrace.gateway.api import ApiError, require
 from clawtrace.protocol import ErrorCode
 
@@ -114,3 +114,26 @@ async def answer_approval(request: Request, approval_id: str, credential: Consol
 async def authorize(request: Request, credential: Console) -> Response:
     """``POST /v1/authorize`` as a what-if (the "try a command" box): operators and admins."""
     return await policy_api.authorize(request, credential)
+
+
+@router.post("/deployments", status_code=201)
+async def deploy(request: Request, credential: Console) -> Response:
+    """A release enters the first environment (operator there)."""
+    return await envs_api.deploy(request, credential)
+
+
+@router.post("/promotions", status_code=201)
+async def promote(request: Request, credential: Console) -> Response:
+    """Promote into the next environment (operator there), or only check the gates (``check``: viewer)."""
+    return await envs_api.promote(request, credential)
+
+
+@router.post("/promotions/approvals", status_code=201)
+async def approve_promotion(request: Request, credential: Console) -> Response:
+    """An admin's approval for a release to enter an environment that needs one."""
+    return await envs_api.approve(request, credential)
+
+
+@router.post("/rollbacks", status_code=201)
+async def rollback(request: Request, credential: Console) -> Response:
+    return await envs_api.rollback(request, credential)

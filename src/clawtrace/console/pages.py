@@ -37,6 +37,7 @@ NAVIGATION: tuple[tuple[str, str, str, str], ...] = (
     ("metrics", "/charts", "Metrics", "m"),
     ("alerts", "/alerts", "Alerts", "a"),
     ("policies", "/policies", "Policies & audit", "p"),
+    ("envs", "/envs", "Environments", "e"),
 )
 templates.env.globals["navigation"] = NAVIGATION
 

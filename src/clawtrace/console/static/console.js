@@ -91,6 +91,8 @@ const Console = (() => {
     if (data.detail) return data.detail;
     if (data.silence) return `silence ${data.silence.id} until ${new Date(data.silence.ends * 1000).toISOString().slice(0, 16).replace("T", " ")}Z; ${data.matching_alerts} alert(s) muted now`;
     if (data.alert) return `${data.alert.rule} acknowledged`;
+    if (data.deployment) return `${data.deployment.ref} is the desired release of ${data.deployment.role} in ${data.deployment.env} now (${data.deployment.kind.replace("_", " ")})`;
+    if (data.approval) return `approved for ${data.approval.env} by ${data.approval.approved_by}`;
     if (data.state) return `${data.state}`;
     return "done";
   }
