@@ -14,6 +14,7 @@ from clawtrace import __version__
 
 COMMANDS: dict[str, str] = {
     "up": "clawtrace.cli.up:up",
+    "worker": "clawtrace.cli.worker:worker",
     "demo": "clawtrace.cli.demo:demo",
     "token": "clawtrace.cli.token:token",
     "run": "clawtrace.cli.run:run",

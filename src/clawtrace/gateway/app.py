@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clawtrace import __version__
 from clawtrace.access import Authenticator, RefusalAudit
-from clawtrace.bus import open_bus
+from clawtrace.bus import MemoryBus, is_nats_url, open_bus
 from clawtrace.console import STATIC_DIR as CONSOLE_STATIC
 from clawtrace.console import router as console_router
 from clawtrace.envs.rollout import FiringAlert
@@ -37,6 +37,7 @@ from clawtrace.gateway.redaction import DEFAULT_PATTERNS, Redactor
 from clawtrace.gateway.releases_api import router as releases_router
 from clawtrace.gateway.retention import retention_loop
 from clawtrace.gateway.settings import GatewaySettings
+from clawtrace.gateway.sinks import EventSink
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.metrics import DEFAULT_PRICES_FILE, MetricsSettings, MetricsStage, PriceTable, RollupRow
 from clawtrace.metrics.prometheus import FleetCollector, IngestCounters, registry_for
@@ -67,32 +68,57 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scale = None
+        if is_nats_url(settings.bus):
+            # Imported here: nats-py is only needed (and only installed) for scale mode.
+            from clawtrace.gateway.scale import ScaleMode
+
+            scale = ScaleMode(settings)
         store = open_store(settings.store, settings.data_path)
-        store.mark_all_disconnected(time.time())
+        if scale is None:
+            # Only in embedded mode is this the only gateway: in scale mode the others hold connections.
+            store.mark_all_disconnected(time.time())
         writer = StoreWriter(store, settings.writer_max_batch_rows)
         writer.start()
-        bus = open_bus(settings.bus)
+        sink: EventSink | None = None
+        if scale is not None:
+            sink = await scale.start()
+        # In scale mode the bus between in-process stages stays in memory; NATS feeds it.
+        bus = MemoryBus() if scale is not None else open_bus(settings.bus)
         await bus.start()
-        live = LiveHub(bus)
+        # Scale mode without a metrics stage: no need for every event here, viewers get theirs from NATS.
+        remote_feed = scale if scale is not None and not settings.metrics_enabled else None
+        live = LiveHub(bus, remote_feed)
         await live.start()
         patterns = [*(DEFAULT_PATTERNS if settings.redact_defaults else ()), *settings.redact]
-        pipeline = Pipeline(store, writer, bus, Redactor(patterns))
+        pipeline = Pipeline(store, writer, bus, Redactor(patterns), sink)
         metrics = build_metrics(settings, pipeline)
         pipeline.attach_listeners.append(lambda info: metrics.refresh_agent(info.agent))
 
         def persist_rollups(rows: list[RollupRow]) -> asyncio.Future[None]:
+            if scale is not None:
+                # Workers persist rollups (each for its shards); a gateway's numbers are for reading.
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
             return writer.call(lambda store: store.write_rollups(rows))
 
         if settings.metrics_enabled:
             await metrics.start(bus, persist_rollups)
+        if scale is not None and settings.metrics_enabled:
+            # The gateway's live numbers (fleet, top, /metrics) cover the whole fleet: every event comes here.
+            await scale.mirror_into(bus)
         commands = CommandService(pipeline, writer)
         commands.load()
+        if scale is not None:
+            await scale.route_commands(pipeline, commands)
         policies = PolicyService(pipeline, writer, commands)
         policies.load()
         pipeline.policy_sink = policies.record_decisions
         pipeline.welcome_commands.append(lambda info: policies.command_for(info.env))
         alerts = None
-        if settings.alerts.enabled and settings.metrics_enabled:
+        # In scale mode workers evaluate alerts, each for its shards: a gateway's would fire them twice.
+        if settings.alerts.enabled and settings.metrics_enabled and scale is None:
             alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)
             await alerts.start()
 
@@ -132,6 +158,7 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
         app.state.bus = bus
         app.state.live = live
         app.state.pipeline = pipeline
+        app.state.scale = scale
         app.state.auth = Authenticator(store, on_refusal=RefusalAudit(writer))
         retention = asyncio.create_task(retention_loop(settings, writer))
         try:
@@ -149,10 +176,14 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
             rows = metrics.flush_all()
             if rows:
                 await persist_rollups(rows)
+            if scale is not None:
+                # Acks of frames still in flight go out if JetStream answers in time.
+                await scale.close()
             await live.close()
             await bus.close()
             await asyncio.to_thread(writer.stop)
-            store.mark_all_disconnected(time.time())
+            if scale is None:
+                store.mark_all_disconnected(time.time())
             store.close()
 
     app = FastAPI(

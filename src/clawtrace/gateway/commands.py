@@ -3,13 +3,17 @@
 One path for a person's command through the API and an alert's remediation:
 both land here, so a quarantine is recorded the same way whoever asks.
 Callers write the audit entry (they know who asked and why).
+
+In scale mode the agent's connection may be on another gateway: ``remote``
+(gateway/scale.py) carries the command there over NATS, and ``on_quarantine``
+tells every gateway about a quarantine set or lifted here.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from clawtrace.alerts.drivers.base import ActionResult, AgentTarget
 from clawtrace.gateway.pipeline import Pipeline
@@ -26,6 +30,10 @@ class CommandService:
         self.pipeline = pipeline
         self.writer = writer
         self.clock = clock
+        # Scale mode: (agent, command) -> whether the gateway holding the agent's connection took it.
+        self.remote: Callable[[str, bytes], Awaitable[bool]] | None = None
+        # Scale mode: told of every quarantine set (the record) or lifted (None), for the other gateways.
+        self.on_quarantine: Callable[[str, QuarantineRecord | None], Awaitable[None]] | None = None
 
     @property
     def quarantined(self) -> dict[str, QuarantineRecord]:
@@ -40,7 +48,11 @@ class CommandService:
     ) -> tuple[Command, bool]:
         """(the command, whether it reached a connected node agent)."""
         command = Command(id=secrets.token_hex(8), action=action, reason=reason, payload=payload or {})
-        return command, await self.pipeline.send_command(agent, encode(command))
+        data = encode(command)
+        delivered = await self.pipeline.send_command(agent, data)
+        if not delivered and self.remote is not None:
+            delivered = await self.remote(agent, data)
+        return command, delivered
 
     async def quarantine(self, target: AgentTarget, reason: str, actor: str) -> bool:
         """Record the quarantine (deny all tools until released) and tell the node agent;
@@ -50,12 +62,16 @@ class CommandService:
         )
         await self.writer.call(lambda store: store.set_quarantine(record))
         self.quarantined[target.agent] = record
+        if self.on_quarantine is not None:
+            await self.on_quarantine(target.agent, record)
         return (await self.send(target.agent, "quarantine", reason))[1]
 
     async def release(self, agent: str, reason: str) -> tuple[bool, bool]:
         """(whether the agent was quarantined, whether its node agent was told now)."""
         removed = await self.writer.call(lambda store: store.clear_quarantine(agent))
         self.quarantined.pop(agent, None)
+        if self.on_quarantine is not None:
+            await self.on_quarantine(agent, None)
         if not removed:
             return False, False
         return True, (await self.send(agent, "release", reason))[1]

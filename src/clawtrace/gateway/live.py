@@ -4,6 +4,10 @@ It listens on the bus for accepted event batches (subject
 ``events.<env>.<agent>``, payload a JSON array of events) and fans them out
 to viewers whose filter matches. A slow viewer loses events (and is told how
 many), never slows ingest down.
+
+In scale mode a gateway whose bus does not carry the whole fleet's events
+gets each viewer's from NATS instead (``RemoteFeed``, gateway/scale.py): only
+the subjects that viewer follows, delivered to that viewer alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -84,9 +89,20 @@ class Viewer:
                 await self.send(b'{"type":"events","events":[' + b",".join(lines) + b"]}")
 
 
+# (env, agent, JSON array of events) for one viewer.
+ViewerDelivery = Callable[[str, str, bytes], None]
+
+
+class RemoteFeed(Protocol):
+    async def follow(self, viewer: Viewer, deliver: ViewerDelivery) -> Subscription:
+        """Start delivering the events ``viewer`` may want; unsubscribing stops it."""
+        ...
+
+
 class LiveHub:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, remote: RemoteFeed | None = None) -> None:
         self.bus = bus
+        self.remote = remote
         self.viewers: set[Viewer] = set()
         self._subscription: Subscription | None = None
 
@@ -101,9 +117,13 @@ class LiveHub:
         if not self.viewers:
             return
         _, env, agent = subject.split(".", 2)
+        self._offer(self.viewers, env, agent, data)
+
+    @staticmethod
+    def _offer(viewers: set[Viewer], env: str, agent: str, data: bytes) -> None:
         lines: list[bytes] | None = None
         kinds: list[str] | None = None
-        for viewer in self.viewers:
+        for viewer in viewers:
             if not viewer.wants(env, agent):
                 continue
             if lines is None:
@@ -119,13 +139,23 @@ class LiveHub:
 
     async def serve(self, viewer: Viewer, until_closed: Awaitable[None]) -> None:
         """Stream to ``viewer`` until ``until_closed`` completes or sending fails."""
-        self.viewers.add(viewer)
+        remote: Subscription | None = None
+        if self.remote is None:
+            self.viewers.add(viewer)
+        else:
+            only = {viewer}
+            remote = await self.remote.follow(
+                viewer, lambda env, agent, data: self._offer(only, env, agent, data)
+            )
         sender = asyncio.ensure_future(viewer.run())
         closed = asyncio.ensure_future(until_closed)
         try:
             await asyncio.wait({sender, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.viewers.discard(viewer)
+            if remote is not None:
+                with contextlib.suppress(Exception):
+                    await remote.unsubscribe()
             for task in (sender, closed):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,9 +1,10 @@
-"""The ingest pipeline: validate order, dedupe, redact, then store and fan out.
+"""The ingest pipeline: validate order, dedupe, redact, then hand over to the event sink.
 
-receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -+-> store writer (then acks)
-                                                     |     '-> policy decisions -> audit log, approvals
-                                                     +-> bus ``events.<env>.<agent>`` -> live hub, metrics
-                                                         (a JSON array of events per message)
+receivers (WebSocket, NDJSON) -> ``Pipeline.ingest`` -> event sink (gateway/sinks.py; then acks)
+                                                          '-> policy decisions -> audit log, approvals
+embedded mode: sink = store writer + bus ``events.<env>.<agent>`` -> live hub, metrics
+               (a JSON array of events per message)
+scale mode:    sink = JetStream; workers store, and NATS feeds every gateway's live hub
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from clawtrace.bus import Bus
-from clawtrace.gateway.live import events_subject
 from clawtrace.gateway.redaction import Redactor
+from clawtrace.gateway.sinks import EventSink, StoreSink
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.protocol import (
     EVENT_TYPES,
@@ -80,15 +81,18 @@ class PipelineStats:
 
 
 class Pipeline:
-    def __init__(self, store: Store, writer: StoreWriter, bus: Bus, redactor: Redactor) -> None:
+    def __init__(
+        self, store: Store, writer: StoreWriter, bus: Bus, redactor: Redactor, sink: EventSink | None = None
+    ) -> None:
         self.store = store
         self.writer = writer
         self.bus = bus
         self.redactor = redactor
+        # Accepted events go here; the store writer (embedded mode) unless told otherwise.
+        self.sink: EventSink = sink if sink is not None else StoreSink(writer, bus)
         self.agents: dict[str, AgentState] = {}
         self.stats = PipelineStats()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._fanout: set[asyncio.Task[None]] = set()
         # Called with the new AgentInfo whenever an agent (re)connects, ...
         self.attach_listeners: list[Callable[[AgentInfo], None]] = []
         # ... and when it disconnects.
@@ -128,6 +132,8 @@ class Pipeline:
                 await old_link.replaced()
             await self._settle(previous)
             last_seq = await self.writer.call(lambda store: store.register_agent(info, time.time()))
+            # In scale mode the store lags JetStream, where the sink knows better.
+            last_seq = max(last_seq, await self.sink.durable_seq(info))
             state = AgentState(info=info, accepted_seq=last_seq, link=link)
             self.agents[info.agent] = state
             for listener in self.attach_listeners:
@@ -167,6 +173,7 @@ class Pipeline:
             last_seq = await self.writer.call(
                 lambda store: store.register_agent(info, time.time(), connected=False)
             )
+            last_seq = max(last_seq, await self.sink.durable_seq(info))
             state = AgentState(info=info, accepted_seq=last_seq)
             self.agents[agent] = state
             return state
@@ -179,7 +186,8 @@ class Pipeline:
         Events must arrive in increasing seq order per connection; seqs at or
         below what is already stored are duplicates (a resend after
         reconnect) and are dropped silently. The write future resolves once
-        the accepted events are committed. ``frame``, the raw bytes the
+        the accepted events are durable (committed, or acknowledged by
+        JetStream in scale mode). ``frame``, the raw bytes the
         events came in, lets redaction skip frames that hold no secrets.
         """
         agent = state.info.agent
@@ -256,15 +264,11 @@ class Pipeline:
         self.stats.accepted += len(lines)
         write: asyncio.Future[None] | None = None
         if lines:
-            write = self.writer.submit(batch)
+            write = self.sink.submit(state.info, batch, lines)
             if decisions and self.policy_sink is not None:
                 # The ack then also covers the decisions' audit entries.
                 write = asyncio.ensure_future(self._audit_after(write, state.info, decisions))
             state.last_write = write
-            # Fan out at acceptance, in parallel with the store write, so live
-            # latency does not include the commit. Should the write fail, the
-            # agent resends and viewers may see those events twice (by seq).
-            self._publish(events_subject(state.info.env, agent), b"[" + b",".join(lines) + b"]")
         return IngestResult(write, errors, last_seen, len(lines), duplicates)
 
     def _release_changed(self, state: AgentState, release: str) -> None:
@@ -282,11 +286,6 @@ class Pipeline:
         await write
         assert self.policy_sink is not None
         await self.policy_sink(info, decisions)
-
-    def _publish(self, subject: str, payload: bytes) -> None:
-        task = asyncio.ensure_future(self.bus.publish(subject, payload))
-        self._fanout.add(task)
-        task.add_done_callback(self._fanout.discard)
 
     async def send_command(self, agent: str, data: bytes) -> bool:
         state = self.agents.get(agent)
