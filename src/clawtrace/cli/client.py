@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -10,7 +11,16 @@ from urllib.parse import urlencode
 import click
 import httpx
 
+from clawtrace.cli.options import CA_FILE_META
 from clawtrace.protocol.client import http_base
+from clawtrace.protocol.tls import (
+    CA_FILE_ENV,
+    TLSConfigError,
+    client_ssl_context,
+    explain_cert_error,
+    find_cert_error,
+    is_tls_url,
+)
 
 # What to do about a refusal, where the gateway's own message cannot know
 # how the credential was given.
@@ -42,12 +52,43 @@ def when_missing(message: str) -> Iterator[None]:
         raise
 
 
+class CertificateRefused(httpx.ConnectError):
+    """The gateway's TLS certificate failed verification; the message says what failed and what to do."""
+
+
+class _VerifyingClient(httpx.Client):
+    """Turns a certificate failure, wherever httpx wraps it, into an explaining ``CertificateRefused``."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return super().send(request, **kwargs)
+        except httpx.ConnectError as exc:
+            cert_error = find_cert_error(exc)
+            if cert_error is None:
+                raise
+            message = explain_cert_error(cert_error, str(request.url))
+            raise CertificateRefused(message, request=request) from exc
+
+
 class GatewayClient:
-    def __init__(self, gateway: str, token: str) -> None:
+    def __init__(self, gateway: str, token: str, ca_file: str | None = None) -> None:
         self.base = http_base(gateway)
         self.token = token
-        self.http = httpx.Client(
-            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        if ca_file is None:
+            # --ca-file of gateway_options (cli/options.py), else the environment for commands without it.
+            ctx = click.get_current_context(silent=True)
+            ca_file = (ctx.meta.get(CA_FILE_META) if ctx is not None else None) or os.environ.get(CA_FILE_ENV)
+        self.ca_file = ca_file or None
+        # https:// (and wss:// for the live tail) verify the gateway's certificate: protocol/tls.py.
+        try:
+            self.ssl_context = client_ssl_context(self.ca_file) if is_tls_url(self.base) else None
+        except TLSConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        self.http = _VerifyingClient(
+            base_url=self.base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+            verify=self.ssl_context or True,
         )
 
     def get(self, path: str, **params: Any) -> Any:
@@ -70,7 +111,14 @@ class GatewayClient:
             response = self.http.request(
                 method, path, params={k: v for k, v in params.items() if v is not None}, **kwargs
             )
+        except CertificateRefused as exc:
+            raise click.ClickException(str(exc)) from None
         except httpx.HTTPError as exc:
+            if isinstance(exc, httpx.RemoteProtocolError) and self.ssl_context is None:
+                raise click.ClickException(
+                    f"the gateway at {self.base} did not answer HTTP ({exc}); if it serves TLS,"
+                    " use an https:// URL (--gateway)"
+                ) from None
             raise click.ClickException(
                 f"cannot reach the gateway at {self.base} ({exc or type(exc).__name__});"
                 " is `clawtrace up` running? (--gateway)"

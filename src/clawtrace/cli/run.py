@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from clawtrace.cli.options import ca_file_option
 from clawtrace.node.agent import ROLE_LABEL, GatewayRefused, NodeAgent, NodeConfig
 from clawtrace.node.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from clawtrace.node.spool import SpoolError
@@ -166,6 +167,7 @@ With --role it runs until SIGTERM or SIGINT, whatever the releases do.
     help="Agent credential from `clawtrace token create --role agent`. Env: CLAWTRACE_TOKEN "
     "(preferred: a command line is visible to other users in `ps`). Not passed on to COMMAND.",
 )
+@ca_file_option
 @click.option(
     "--spool-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -282,6 +284,7 @@ def run(
     hook_timeout: float,
     gateway: str,
     token: str | None,
+    ca_file: str | None,
     spool_dir: Path | None,
     heartbeat_interval: float,
     restart_policy: str,
@@ -370,6 +373,7 @@ def run(
         cwd=str(cwd.resolve()) if cwd is not None else None,
         role=role,
         hook_timeout=hook_timeout,
+        ca_file=ca_file,
     )
     try:
         status = asyncio.run(NodeAgent(config).run())

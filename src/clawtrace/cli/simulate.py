@@ -13,6 +13,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from clawtrace.cli.options import ca_file_option
 from clawtrace.envs.release import ROLE_NAME
 from clawtrace.sim import Fleet, FleetConfig, FleetStats, Scenario
 from clawtrace.sim.report import RateMeter, progress_line, summary_table
@@ -72,6 +73,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Gateway URL [env CLAWTRACE_GATEWAY].",
 )
 @click.option("--token", envvar="CLAWTRACE_TOKEN", help="Agent credential for --env [env CLAWTRACE_TOKEN].")
+@ca_file_option
 @click.option(
     "--rate",
     type=_RateType(),
@@ -145,6 +147,7 @@ def simulate(
     env: str,
     gateway: str,
     token: str | None,
+    ca_file: str | None,
     rate: float | None,
     batch: int,
     duration: float | None,
@@ -204,6 +207,7 @@ def simulate(
         labels=_labels(labels),
         role=role,
         drain_timeout=drain_timeout,
+        ca_file=ca_file,
     )
     try:
         config.validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from clawtrace.cli import render
 from clawtrace.cli.client import GatewayClient
 from clawtrace.cli.options import gateway_options
 from clawtrace.protocol import KINDS
+from clawtrace.protocol.tls import explain_cert_error
 
 
 def _history(client: GatewayClient, agent: str, lines: int, kinds: list[str]) -> list[dict[str, Any]]:
@@ -47,7 +49,9 @@ async def _follow(
     delay = 0.5
     while True:
         try:
-            async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+            async with websockets.connect(
+                url, additional_headers=headers, max_size=None, ssl=client.ssl_context
+            ) as ws:
                 delay = 0.5
                 # Subscribe first, then fill in history, so nothing falls in between.
                 if agent is not None:
@@ -70,6 +74,8 @@ async def _follow(
                             continue
                         last_seq[name] = event["seq"]
                         console.print(render.line(event, show_agent=agent is None))
+        except ssl.SSLCertVerificationError as exc:
+            raise click.ClickException(explain_cert_error(exc, url)) from None
         except (OSError, websockets.exceptions.WebSocketException) as exc:
             console.print(f"[yellow]live connection lost ({exc}); reconnecting in {delay:.0f}s[/]")
             await asyncio.sleep(delay)

@@ -30,6 +30,9 @@ def uvicorn_config(settings: GatewaySettings, clock: Callable[[], float] = time.
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # https/wss when both are set (checked by load_settings).
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )
 
 

@@ -13,6 +13,7 @@ from clawtrace.alerts.settings import AlertSettings
 from clawtrace.envs.environments import Environments, check_order
 from clawtrace.envs.settings import DEFAULT_ORDER, EnvironmentSettings
 from clawtrace.metrics.prices import ModelPrice
+from clawtrace.protocol.tls import TLSConfigError, check_server_files
 
 
 class RedactionPattern(msgspec.Struct, forbid_unknown_fields=True):
@@ -61,6 +62,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The address people reach the gateway at (links in notifications);
     # default http://HOST:PORT.
     public_url: str | None = None
+    # Serve https/wss with this certificate (PEM, then intermediates) and key; both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Alert rules, notifications and remediation (docs/alerts.md).
     alerts: AlertSettings = AlertSettings()
 
@@ -70,7 +74,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     @property
     def external_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def rules_path(self) -> Path:
@@ -114,4 +119,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings
     problems = check_order(settings.environment_order)
     if problems:
         raise SettingsError(f"invalid setting{where}: {'; '.join(problems)}")
+    try:
+        check_server_files(settings.tls_cert, settings.tls_key)
+    except TLSConfigError as exc:
+        raise SettingsError(f"cannot serve TLS{where}: {exc}") from None
     return settings

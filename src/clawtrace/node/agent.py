@@ -70,6 +70,7 @@ from clawtrace.protocol.messages import (
     Welcome,
     utc_now,
 )
+from clawtrace.protocol.tls import context_for
 
 log = logging.getLogger("clawtrace.node.agent")
 
@@ -136,6 +137,8 @@ class NodeConfig:
     role: str | None = None
     # Seconds a tool hook gets to answer (after that it is killed: a deny).
     hook_timeout: float = DEFAULT_TIMEOUT
+    # A private CA (PEM) trusted besides the system's for a wss:// gateway (protocol/tls.py).
+    ca_file: str | None = None
     # A failed deploy is tried again after this long, doubling up to deploy_retry_max.
     deploy_retry_initial: float = 30.0
     deploy_retry_max: float = 300.0
@@ -229,6 +232,8 @@ class NodeAgent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.session = str(uuid.uuid4())
+        # One TLS context for the uplink and release fetches (None for ws://).
+        self._ssl = context_for(config.gateway, config.ca_file)
         self.spool: Spool | None = None
         self.client: UplinkClient | None = None
         self.supervisor: Supervisor | None = None
@@ -265,7 +270,7 @@ class NodeAgent:
                 agent=config.agent,
                 env_name=config.env,
                 role=config.role,
-                fetcher=ReleaseFetcher(config.gateway, config.token, env=config.env),
+                fetcher=ReleaseFetcher(config.gateway, config.token, env=config.env, ssl_context=self._ssl),
                 store=ReleaseStore(config.spool_dir),
                 policy=self.policy,
                 node_env=os.environ,
@@ -757,6 +762,7 @@ class NodeAgent:
                 on_command=self._on_command,
                 on_welcome=self._on_welcome,
                 reconnect_max=cfg.reconnect_max,
+                ssl_context=self._ssl,
             )
             self.supervisor = supervisor = Supervisor(
                 cfg.command,

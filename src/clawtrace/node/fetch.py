@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import Final
 
 import httpx
@@ -19,6 +20,7 @@ import msgspec
 
 from clawtrace.envs.release import MAX_RELEASE_BYTES, Release
 from clawtrace.protocol.client import http_base
+from clawtrace.protocol.tls import context_for, explain_cert_error, find_cert_error
 
 log = logging.getLogger("clawtrace.node.fetch")
 
@@ -46,6 +48,7 @@ class ReleaseFetcher:
         attempts: int = ATTEMPTS,
         first_delay: float = FIRST_DELAY,
         transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base = http_base(gateway)
         self.token = token
@@ -54,6 +57,8 @@ class ReleaseFetcher:
         self.attempts = max(attempts, 1)
         self.first_delay = first_delay
         self.transport = transport
+        # https:// verifies the gateway's certificate like the uplink does (protocol/tls.py).
+        self.ssl_context = ssl_context or context_for(self.base, None)
 
     def url_of(self, release_id: str) -> str:
         return f"{self.base}{RELEASES_PATH}{release_id}"
@@ -64,12 +69,20 @@ class ReleaseFetcher:
         delay = self.first_delay
         last = ""
         async with httpx.AsyncClient(
-            headers=headers, timeout=self.timeout, transport=self.transport, follow_redirects=False
+            headers=headers,
+            timeout=self.timeout,
+            transport=self.transport,
+            follow_redirects=False,
+            verify=self.ssl_context or True,
         ) as client:
             for attempt in range(1, self.attempts + 1):
                 try:
                     status, body = await _get(client, url)
                 except httpx.HTTPError as exc:
+                    cert_error = find_cert_error(exc)
+                    if cert_error is not None:
+                        # Retrying will not make the certificate trusted.
+                        raise FetchError(explain_cert_error(cert_error, url)) from None
                     last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 else:
                     if status < 500:

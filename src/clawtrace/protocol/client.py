@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from clawtrace.protocol.codec import ErrorCode, decode_server_message, encode
 from clawtrace.protocol.messages import Ack, Command, Error, Event, Hello, Welcome
+from clawtrace.protocol.tls import default_client_context, explain_cert_error, is_tls_url, log_once
 
 log = logging.getLogger("clawtrace.client")
 
@@ -140,7 +141,11 @@ class UplinkClient:
         self.window = window
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
-        self.ssl_context = ssl_context
+        # wss:// always verifies the gateway's certificate (protocol/tls.py); ws:// takes no context.
+        if is_tls_url(self.url):
+            self.ssl_context: ssl.SSLContext | None = ssl_context or default_client_context()
+        else:
+            self.ssl_context = None
         self.open_timeout = open_timeout
         self.acked_seq = 0
         self.sent_seq = 0
@@ -165,6 +170,10 @@ class UplinkClient:
                 delay = self.reconnect_min
             except RefusedError:
                 raise
+            except ssl.SSLCertVerificationError as exc:
+                # Not the gateway we mean to talk to (or no CA to tell): retried, and said clearly.
+                self.last_error = explain_cert_error(exc, self.url)
+                log_once(self.last_error, logger=log)
             except websockets.exceptions.InvalidStatus as exc:
                 # An auth proxy in front of the gateway may refuse the upgrade itself.
                 self.last_error = f"gateway refused the connection: HTTP {exc.response.status_code}"
@@ -178,6 +187,8 @@ class UplinkClient:
             ) as exc:
                 # msgspec.DecodeError covers a welcome that is not one (ValidationError subclasses it).
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, websockets.exceptions.InvalidMessage) and self.ssl_context is None:
+                    self.last_error += " (if the gateway serves TLS, use a wss:// URL)"
                 log.debug("connection to %s failed: %s", self.url, self.last_error)
             finally:
                 self.connected.clear()

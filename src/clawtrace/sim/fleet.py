@@ -24,6 +24,7 @@ import msgspec
 
 from clawtrace.protocol.client import RefusedError, UplinkClient
 from clawtrace.protocol.messages import EVENT_TYPES, Command, Error, Event, Hello
+from clawtrace.protocol.tls import client_ssl_context, context_for
 from clawtrace.sim import catalog
 from clawtrace.sim.agent import AgentSpec, Pace, SimAgent
 from clawtrace.sim.behaviour import StepPool
@@ -76,6 +77,8 @@ class FleetConfig:
     report_cost: bool = True
     # Names this run's sessions; random unless given.
     session_tag: str | None = None
+    # A private CA (PEM) trusted besides the system's for a wss:// gateway.
+    ca_file: str | None = None
 
     def validate(self) -> None:
         if self.agents < 1:
@@ -90,6 +93,8 @@ class FleetConfig:
                 f"{sum(self.scenarios.values())} agents with scenarios requested "
                 f"but the fleet has only {self.agents}"
             )
+        if self.ca_file:
+            client_ssl_context(self.ca_file)  # TLSConfigError (a ValueError) says what is wrong with it
 
 
 def agent_ids(config: FleetConfig) -> list[tuple[str, str]]:
@@ -218,6 +223,8 @@ class Fleet:
         self._started = 0.0
         self._ended: float | None = None
         self._all_refused = asyncio.Event()
+        # One TLS context for every agent's connection (None for ws://).
+        self._ssl = context_for(config.gateway, config.ca_file)
 
     def scenario_agents(self, scenario: Scenario) -> list[str]:
         return [agent for agent, kind in self.plan.items() if kind is scenario]
@@ -362,6 +369,7 @@ class Fleet:
             token=config.token,
             on_command=lambda cmd: self._on_command(slot, cmd),
             on_error=self._on_error,
+            ssl_context=self._ssl,
         )
         slot.client = client
         slot.client_task = asyncio.create_task(client.run(), name=f"uplink:{spec.agent}")
