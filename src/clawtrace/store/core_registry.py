@@ -2,7 +2,6 @@
 
 Like ``control.CoreControlTables``: a handful of writes per connection or
 per minute, where one portable implementation beats a fast one per backend.
-(``SQLiteStore`` still has its own copies of these; it could use this mixin.)
 """
 
 from __future__ import annotations

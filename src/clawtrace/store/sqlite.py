@@ -14,19 +14,15 @@ from sqlalchemy import event as sa_event
 
 from clawtrace.store import schema
 from clawtrace.store.base import (
-    AgentEnvMismatch,
-    AgentInfo,
     AgentRecord,
     EventQuery,
-    SessionRecord,
     Store,
     StoreError,
-    TokenRecord,
     WriteBatch,
     labels_from_json,
-    labels_json,
 )
-from clawtrace.store.control import CoreControlTables, record_from_row
+from clawtrace.store.control import CoreControlTables
+from clawtrace.store.core_registry import CoreRegistryTables
 from clawtrace.store.migrate import upgrade_to_head
 
 _PRAGMAS = (
@@ -73,7 +69,7 @@ _AGENT_COLUMNS = (
 )
 
 
-class SQLiteStore(CoreControlTables, Store):
+class SQLiteStore(CoreRegistryTables, CoreControlTables, Store):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
@@ -186,48 +182,6 @@ class SQLiteStore(CoreControlTables, Store):
                     conn.execute("ROLLBACK")
                 raise
 
-    def register_agent(self, info: AgentInfo, now: float, connected: bool = True) -> int:
-        agents = schema.agents
-        with self.engine.begin() as c:
-            row = c.execute(
-                sa.select(agents.c.env, agents.c.last_seq).where(agents.c.agent == info.agent)
-            ).first()
-            values: dict[str, Any] = {
-                "region": info.region,
-                "labels": labels_json(info.labels),
-                "release": info.release,
-                "role": info.role,
-            }
-            if connected:
-                values.update(connected=True, last_connect=now)
-            if row is None:
-                c.execute(agents.insert().values(agent=info.agent, env=info.env, first_seen=now, **values))
-                return 0
-            if row.env != info.env:
-                raise AgentEnvMismatch(
-                    f"agent {info.agent!r} is registered in environment {row.env!r}, not {info.env!r}; "
-                    "agent ids are unique across environments: pick another id"
-                )
-            c.execute(agents.update().where(agents.c.agent == info.agent).values(**values))
-            return int(row.last_seq)
-
-    def mark_disconnected(self, agent: str, now: float) -> None:
-        agents = schema.agents
-        with self.engine.begin() as c:
-            c.execute(
-                agents.update().where(agents.c.agent == agent).values(connected=False, last_disconnect=now)
-            )
-
-    def set_agent_release(self, agent: str, release: str | None) -> None:
-        agents = schema.agents
-        with self.engine.begin() as c:
-            c.execute(agents.update().where(agents.c.agent == agent).values(release=release))
-
-    def mark_all_disconnected(self, now: float) -> None:
-        agents = schema.agents
-        with self.engine.begin() as c:
-            c.execute(agents.update().where(agents.c.connected).values(connected=False, last_disconnect=now))
-
     # --- reads ----------------------------------------------------------
     def get_agent(self, agent: str) -> AgentRecord | None:
         found = self._select_agents(" WHERE agent = ?", [agent])
@@ -282,23 +236,6 @@ class SQLiteStore(CoreControlTables, Store):
                 role,
             ) in self._reader().execute(sql, params)
         ]
-
-    def list_sessions(self, agent: str) -> list[SessionRecord]:
-        s = schema.sessions
-        query = sa.select(s).where(s.c.agent == agent).order_by(s.c.first_seq)
-        with self.engine.connect() as c:
-            return [
-                SessionRecord(
-                    agent=row.agent,
-                    session=row.session,
-                    first_seq=row.first_seq,
-                    last_seq=row.last_seq,
-                    started=row.started,
-                    last_ts=row.last_ts,
-                    events=row.events,
-                )
-                for row in c.execute(query)
-            ]
 
     def query_events(self, query: EventQuery) -> list[tuple[int, bytes]]:
         e = schema.events
@@ -403,39 +340,3 @@ class SQLiteStore(CoreControlTables, Store):
         with self._write_lock:
             conn = self._write_connection()
             return conn.execute("DELETE FROM rollups WHERE minute < ?", (before_minute,)).rowcount
-
-    # --- credentials ----------------------------------------------------
-    def add_token(self, token: TokenRecord) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                schema.tokens.insert().values(
-                    id=token.id,
-                    secret_hash=token.secret_hash,
-                    env=token.env,
-                    role=token.role,
-                    name=token.name,
-                    created=token.created,
-                    expires=token.expires,
-                    revoked=token.revoked,
-                )
-            )
-
-    def get_token(self, token_id: str) -> TokenRecord | None:
-        with self.engine.connect() as c:
-            row = c.execute(sa.select(schema.tokens).where(schema.tokens.c.id == token_id)).first()
-        return None if row is None else record_from_row(row, TokenRecord)
-
-    def list_tokens(self) -> list[TokenRecord]:
-        with self.engine.connect() as c:
-            return [
-                record_from_row(row, TokenRecord)
-                for row in c.execute(sa.select(schema.tokens).order_by(schema.tokens.c.created))
-            ]
-
-    def revoke_token(self, token_id: str, now: float) -> bool:
-        t = schema.tokens
-        with self.engine.begin() as c:
-            result = c.execute(
-                t.update().where(t.c.id == token_id, t.c.revoked.is_(None)).values(revoked=now)
-            )
-            return result.rowcount > 0
