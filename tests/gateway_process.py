@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,19 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        proc = self.proc
+
+        def check_alive() -> None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}:\n{self.log()}")
+
+        self.wait_ready(timeout, check_alive)
+
+    def wait_ready(self, timeout: float, check_alive: Callable[[], None] = lambda: None) -> None:
+        """Until /readyz answers 200; ``check_alive`` raises if the gateway is gone."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            check_alive()
             try:
                 if httpx.get(f"{self.http_url}/readyz", timeout=1.0).status_code == 200:
                     return

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import msgspec
 
 from clawtrace.gateway.server import EmbeddedServer, uvicorn_config
@@ -43,15 +42,7 @@ class GatewayThread(GatewayProcess):
         self.server = EmbeddedServer(uvicorn_config(self.settings, self.clock))
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.http_url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"in-process gateway did not become ready in {timeout}s")
+        self.wait_ready(timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.server is not None and self.thread is not None:

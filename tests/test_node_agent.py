@@ -35,20 +35,9 @@ from clawtrace.protocol.codec import decode_event
 from clawtrace.protocol.messages import Event, Heartbeat, Thought
 from gateway_process import GatewayProcess
 from node_process import AGENTS, PY, NodeAgentProcess
+from waiting import wait_for
 
 T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 async def until(check: Callable[[], bool], seconds: float = 20, interval: float = 0.02) -> None:

@@ -48,6 +48,7 @@ from clawtrace.protocol.codec import decode_event
 from clawtrace.protocol.messages import Command, Event, Heartbeat, Lifecycle, Log, PolicyDecision, ToolResult
 from gateway_process import GatewayProcess
 from node_process import AGENTS, PY, NodeAgentProcess
+from waiting import wait_for
 
 T = TypeVar("T")
 
@@ -74,17 +75,6 @@ when { resource != ClawTrace::Tool::"search" };
 @approval
 permit (principal, action == ClawTrace::Action::"tool", resource == ClawTrace::Tool::"search");
 """
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 async def until(check: Callable[[], T | None], seconds: float = 20, what: str = "a condition") -> T:

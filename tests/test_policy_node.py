@@ -37,6 +37,7 @@ from clawtrace.protocol.codec import decode_event
 from clawtrace.protocol.messages import Command, Event, Lifecycle, Log, PolicyDecision, ToolCall, ToolResult
 from gateway_process import GatewayProcess
 from node_process import AGENTS, PY, NodeAgentProcess
+from waiting import wait_for
 
 T = TypeVar("T")
 
@@ -68,17 +69,6 @@ def approval_bundle(timeout: float = 600.0, env: str = "dev") -> PolicyBundle:
 def seed(spool_dir: Path, bundle: PolicyBundle) -> None:
     spool_dir.mkdir(parents=True, exist_ok=True)
     (spool_dir / POLICY_FILE).write_bytes(msgspec.json.encode(bundle))
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 async def until(check: Callable[[], object], seconds: float = 20, interval: float = 0.02) -> None:

@@ -8,7 +8,6 @@ the soak time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ from clawtrace.gateway.settings import GatewaySettings
 from gateway_thread import GatewayThread, MovableClock
 from node_process import NodeAgentProcess
 from releases import post, upload, write_release_dir
+from waiting import wait_for
 
 HOUR = 3600.0
+WAIT = 30.0
 
 # Calls a tool every 0.1 s through the SDK; MODE=bad makes every call fail (a reasoning loop).
 AGENT_SCRIPT = """\
@@ -41,19 +42,6 @@ while True:
         pass
     time.sleep(0.1)
 """
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = 30.0, show: Callable[[], Any] = lambda: ""
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} {show()}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -134,31 +122,22 @@ def test_releases_move_through_environments_on_real_node_agents(
         # Run it in dev: both dev agents fetch it, start it, report it in their heartbeats.
         result = _cli(gateway, "deploy", "researcher@1.0.0", "--env", "dev")
         assert result.exit_code == 0, result.output
-        wait_for("dev agents on 1.0.0", _running(gateway, "dev", good))
+        wait_for(_running(gateway, "dev", good), WAIT, "dev agents on 1.0.0")
         assert gateway.get("/api/v1/agents/dev-1").json()["release"] == good
 
         # Staging: the soak gate fails first, then passes once the clock moved an hour on.
         early = _cli(gateway, "promote", "researcher@1.0.0", "--to", "staging")
         assert early.exit_code == 1 and "soak gate: live in dev for" in early.output, early.output
         clock.advance(HOUR + 1)
+        check = {"release": good, "to": "staging", "check": True}
         wait_for(
-            "tool results of 1.0.0 in dev",
-            lambda: post(
-                gateway.http_url,
-                admin,
-                "/api/v1/promotions",
-                {"release": good, "to": "staging", "check": True},
-            ).json()["passed"],
-            show=lambda: post(
-                gateway.http_url,
-                admin,
-                "/api/v1/promotions",
-                {"release": good, "to": "staging", "check": True},
-            ).json(),
+            lambda: post(gateway.http_url, admin, "/api/v1/promotions", check).json()["passed"],
+            WAIT,
+            "every gate of 1.0.0 into staging (its tool results in dev)",
         )
         promoted = _cli(gateway, "promote", "researcher@1.0.0", "--to", "staging")
         assert promoted.exit_code == 0, promoted.output
-        wait_for("staging agents on 1.0.0", _running(gateway, "staging", good))
+        wait_for(_running(gateway, "staging", good), WAIT, "staging agents on 1.0.0")
         status = gateway.get("/api/v1/envs/staging/roles/researcher").json()
         assert status["progress"]["running"] == status["progress"]["total"] == 2
 
@@ -170,7 +149,7 @@ def test_releases_move_through_environments_on_real_node_agents(
         post(
             gateway.http_url, admin, "/api/v1/deployments", {"release": fixed, "env": "dev"}
         ).raise_for_status()
-        wait_for("dev agents on 1.1.0", _running(gateway, "dev", fixed))
+        wait_for(_running(gateway, "dev", fixed), WAIT, "dev agents on 1.1.0")
         diff = gateway.get("/api/v1/envs/diff", a="dev", b="staging").json()
         release_items = [i for i in diff["items"] if i["area"] == "release"]
         assert [(i["a"], i["b"], i["flagged"]) for i in release_items] == [
@@ -178,24 +157,24 @@ def test_releases_move_through_environments_on_real_node_agents(
         ]
         back = _cli(gateway, "rollback", "researcher", "--env", "dev", "--reason", "by hand")
         assert back.exit_code == 0 and "rolled back" in back.output, back.output
-        wait_for("dev agents back on 1.0.0", _running(gateway, "dev", good))
+        wait_for(_running(gateway, "dev", good), WAIT, "dev agents back on 1.0.0")
 
         # A release that loops trips ReasoningLoop during its rollout and is rolled back on its own.
         post(
             gateway.http_url, admin, "/api/v1/deployments", {"release": looping, "env": "dev"}
         ).raise_for_status()
         current = wait_for(
-            "the automatic rollback",
             lambda: (
                 (d := gateway.get("/api/v1/envs/dev/roles/researcher").json()["deployment"])["kind"]
                 == "auto_rollback"
                 and d
             ),
-            timeout=60,
+            60,
+            "the automatic rollback",
         )
         assert current["release"] == good and current["previous"] == looping
         assert "ReasoningLoop on dev-" in current["reason"]
-        wait_for("dev agents back on 1.0.0 after the loop", _running(gateway, "dev", good))
+        wait_for(_running(gateway, "dev", good), WAIT, "dev agents back on 1.0.0 after the loop")
         audit = gateway.get("/api/v1/audit", action="auto_rollback").json()["entries"]
         assert audit and audit[0]["target"] == "researcher@1.0.0" and audit[0]["actor"] == "rollout"
         history = [h["kind"] for h in gateway.get("/api/v1/envs/dev/roles/researcher").json()["history"]]

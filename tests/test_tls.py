@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from clawtrace.protocol.tls import (
 )
 from gateway_process import GatewayProcess, free_port
 from node_process import AGENTS, PY, NodeAgentProcess
+from waiting import wait_for
 
 T = TypeVar("T")
 
@@ -193,17 +194,6 @@ def tls_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield gateway
     finally:
         gateway.stop()
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _ticks(gateway: TLSGateway, agent: str) -> list[str]:
