@@ -368,7 +368,8 @@ def test_env_diff_and_gate_check_on_the_command_line(gateway: GatewayThread, tmp
     admin = gateway.token("*", "admin")
     first = _release(gateway, tmp_path, "1.0.0")
     post(gateway.http_url, admin, "/api/v1/deployments", {"release": first, "env": "dev"}).raise_for_status()
-    runner = CliRunner()
+    # Wide, as in a pipeline's log: a narrow terminal folds long cells.
+    runner = CliRunner(env={"COLUMNS": "240"})
     auth = ["--gateway", gateway.http_url, "--token", admin]
 
     check = runner.invoke(cli, ["promote", "researcher@1.0.0", "--to", "staging", "--check", *auth])
