@@ -21,6 +21,7 @@ from clawtrace.access import Credential
 from clawtrace.alerts.model import Rule
 from clawtrace.alerts.rules_file import rules_for_env
 from clawtrace.envs.diff import EnvSnapshot, RoleRelease, diff
+from clawtrace.envs.environments import UnknownEnvironment
 from clawtrace.gateway.api import (
     AnyCredential,
     ApiError,
@@ -88,7 +89,7 @@ def _refused(exc: DeploymentRefused) -> Response:
 def _known_env(service: DeploymentService, env: str) -> None:
     try:
         service.environments.check(env)
-    except Exception as exc:
+    except UnknownEnvironment as exc:
         raise ApiError(404, "unknown_environment", str(exc)) from None
 
 
