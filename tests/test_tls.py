@@ -289,6 +289,9 @@ def test_node_agent_with_ca_file_delivers_and_the_cli_reads_it(
         refused = runner.invoke(cli, ["tail", "tls-ok", *common], env={"CLAWTRACE_CA_FILE": ""})
         assert refused.exit_code == 1
         assert "unknown CA" in refused.output and "--ca-file" in refused.output, refused.output
+        top_refused = runner.invoke(cli, ["top", "--once", *common], env={"CLAWTRACE_CA_FILE": ""})
+        assert top_refused.exit_code == 1
+        assert "unknown CA" in top_refused.output and "clawtrace up` running" not in top_refused.output
         live_refused = runner.invoke(cli, ["tail", "tls-ok", "-f", *common], env={"CLAWTRACE_CA_FILE": ""})
         assert live_refused.exit_code == 1
         assert "unknown CA" in live_refused.output, live_refused.output

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from clawtrace.cli.client import GatewayClient
+from clawtrace.cli.client import CertificateRefused, GatewayClient
 from clawtrace.cli.options import gateway_options
 from clawtrace.metrics.fleet import (
     DEGRADED_CONSECUTIVE_FAILURES,
@@ -168,6 +168,9 @@ def fetch_json(client: GatewayClient, path: str, params: dict[str, Any]) -> Any:
     """GET ``path``; unreachable or 5xx -> GatewayUnavailable, 4xx -> ClickException (fatal)."""
     try:
         response = client.http.get(path, params={k: v for k, v in params.items() if v is not None})
+    except CertificateRefused as exc:
+        # Not a gateway that is down: retrying will not help, the message says what will.
+        raise click.ClickException(str(exc)) from None
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
         raise GatewayUnavailable(
