@@ -538,6 +538,54 @@ class Store(abc.ABC):
     def get_promotion_approval(self, release: str, env: str) -> PromotionApproval | None: ...
 
 
+# The agents registry's columns in the order ``agent_record`` reads them (plain DB-API reads:
+# the fleet view lists every agent on each refresh).
+AGENT_COLUMNS = (
+    "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
+    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle, role"
+)
+
+
+def agent_record(row: Sequence[Any]) -> AgentRecord:
+    """A row of ``SELECT AGENT_COLUMNS FROM agents`` as its record."""
+    (
+        agent,
+        env,
+        region,
+        labels,
+        release,
+        connected,
+        first_seen,
+        last_connect,
+        last_disconnect,
+        last_event,
+        last_heartbeat,
+        last_seq,
+        cpu_percent,
+        rss_bytes,
+        lifecycle,
+        role,
+    ) = row
+    return AgentRecord(
+        agent=agent,
+        env=env,
+        region=region,
+        labels=labels_from_json(labels),
+        release=release,
+        connected=bool(connected),
+        first_seen=first_seen,
+        last_connect=last_connect,
+        last_disconnect=last_disconnect,
+        last_event=last_event,
+        last_heartbeat=last_heartbeat,
+        last_seq=last_seq,
+        cpu_percent=cpu_percent,
+        rss_bytes=rss_bytes,
+        lifecycle=lifecycle,
+        role=role,
+    )
+
+
 def labels_json(labels: dict[str, str]) -> str:
     return msgspec.json.encode(labels).decode()
 

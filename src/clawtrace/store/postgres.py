@@ -32,13 +32,14 @@ from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import event as sa_event
 
 from clawtrace.store.base import (
+    AGENT_COLUMNS,
     AgentRecord,
     EventQuery,
     EventRow,
     Store,
     StoreError,
     WriteBatch,
-    labels_from_json,
+    agent_record,
 )
 from clawtrace.store.control import CoreControlTables
 from clawtrace.store.core_registry import CoreRegistryTables
@@ -104,10 +105,6 @@ ON CONFLICT (agent, session) DO UPDATE SET
 _NOT_STORED = (
     " None of the batch was stored: the gateway does not acknowledge it, and node agents keep"
     " the events and send them again."
-)
-_AGENT_COLUMNS = (
-    "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
-    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle, role"
 )
 
 
@@ -280,8 +277,8 @@ class PostgresStore(CoreRegistryTables, CoreControlTables, Store):
 
     def _select_agents(self, where: str, params: tuple[Any, ...]) -> list[AgentRecord]:
         with self._reading("listing agents") as conn:
-            rows = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents {where}", params).fetchall()
-        return [_agent_record(row) for row in rows]
+            rows = conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents {where}", params).fetchall()
+        return [agent_record(row) for row in rows]
 
     def query_events(self, query: EventQuery) -> list[tuple[int, bytes]]:
         with self._reading(f"reading events of {query.agent}") as conn:
@@ -436,42 +433,3 @@ def _upsert_sessions(cur: psycopg.Cursor[TupleRow], batch: WriteBatch) -> None:
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     cur.execute(_UPSERT_SESSIONS, columns)
-
-
-def _agent_record(row: tuple[Any, ...]) -> AgentRecord:
-    (
-        agent,
-        env,
-        region,
-        labels,
-        release,
-        connected,
-        first_seen,
-        last_connect,
-        last_disconnect,
-        last_event,
-        last_heartbeat,
-        last_seq,
-        cpu_percent,
-        rss_bytes,
-        lifecycle,
-        role,
-    ) = row
-    return AgentRecord(
-        agent=agent,
-        env=env,
-        region=region,
-        labels=labels_from_json(labels),
-        release=release,
-        connected=bool(connected),
-        first_seen=first_seen,
-        last_connect=last_connect,
-        last_disconnect=last_disconnect,
-        last_event=last_event,
-        last_heartbeat=last_heartbeat,
-        last_seq=last_seq,
-        cpu_percent=cpu_percent,
-        rss_bytes=rss_bytes,
-        lifecycle=lifecycle,
-        role=role,
-    )

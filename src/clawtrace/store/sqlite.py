@@ -14,12 +14,13 @@ from sqlalchemy import event as sa_event
 
 from clawtrace.store import schema
 from clawtrace.store.base import (
+    AGENT_COLUMNS,
     AgentRecord,
     EventQuery,
     Store,
     StoreError,
     WriteBatch,
-    labels_from_json,
+    agent_record,
 )
 from clawtrace.store.control import CoreControlTables
 from clawtrace.store.core_registry import CoreRegistryTables
@@ -61,12 +62,6 @@ ON CONFLICT (agent, session) DO UPDATE SET
   last_ts = max(last_ts, excluded.last_ts),
   events = events + excluded.events
 """
-
-
-_AGENT_COLUMNS = (
-    "agent, env, region, labels, release, connected, first_seen, last_connect, last_disconnect,"
-    " last_event, last_heartbeat, last_seq, cpu_percent, rss_bytes, lifecycle, role"
-)
 
 
 class SQLiteStore(CoreRegistryTables, CoreControlTables, Store):
@@ -196,46 +191,8 @@ class SQLiteStore(CoreRegistryTables, CoreControlTables, Store):
         return self._select_agents(f" WHERE env IN ({', '.join('?' * len(envs))}) ORDER BY agent", envs)
 
     def _select_agents(self, where: str, params: list[str]) -> list[AgentRecord]:
-        # The fleet view lists every agent on each refresh: plain DB-API, same rows as Core.
-        sql = f"SELECT {_AGENT_COLUMNS} FROM agents{where}"
-        return [
-            AgentRecord(
-                agent=agent,
-                env=env,
-                region=region,
-                labels=labels_from_json(labels),
-                release=release,
-                connected=bool(connected),
-                first_seen=first_seen,
-                last_connect=last_connect,
-                last_disconnect=last_disconnect,
-                last_event=last_event,
-                last_heartbeat=last_heartbeat,
-                last_seq=last_seq,
-                cpu_percent=cpu_percent,
-                rss_bytes=rss_bytes,
-                lifecycle=lifecycle,
-                role=role,
-            )
-            for (
-                agent,
-                env,
-                region,
-                labels,
-                release,
-                connected,
-                first_seen,
-                last_connect,
-                last_disconnect,
-                last_event,
-                last_heartbeat,
-                last_seq,
-                cpu_percent,
-                rss_bytes,
-                lifecycle,
-                role,
-            ) in self._reader().execute(sql, params)
-        ]
+        sql = f"SELECT {AGENT_COLUMNS} FROM agents{where}"
+        return [agent_record(row) for row in self._reader().execute(sql, params)]
 
     def query_events(self, query: EventQuery) -> list[tuple[int, bytes]]:
         e = schema.events
