@@ -55,7 +55,7 @@ class RefusalAudit:
         entry = AuditEntry(
             ts=now,
             env=where,
-            actor=f"{credential.role}:{credential.id}",
+            actor=credential.actor,
             action=REFUSED,
             target=where,
             reason=message,

@@ -55,6 +55,11 @@ class Credential:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_person", Person(self.id, self.role, self.env))
 
+    @property
+    def actor(self) -> str:
+        """Who the audit log records for this credential: ``ROLE:ID``."""
+        return f"{self.role}:{self.id}"
+
     def covers_env(self, env: str) -> bool:
         """Whether ``env`` is within the credential's scope (whatever its role)."""
         return self.env in (ALL_ENVS, env)

@@ -122,11 +122,6 @@ class Board:
         return [column.name for column in self.columns if column.readable]
 
 
-def actor(credential: Credential) -> str:
-    """Who the API records for a credential (a check records nothing, but the service wants one)."""
-    return f"{credential.role}:{credential.id}"
-
-
 async def check_promotion(
     service: DeploymentService, credential: Credential, release: str, source: str, target: str
 ) -> Promotion:
@@ -136,7 +131,7 @@ async def check_promotion(
     """
     ref = service.ref(release) or release
     try:
-        outcome = await service.promote(release, target, actor(credential), check_only=True)
+        outcome = await service.promote(release, target, credential.actor, check_only=True)
     except DeploymentRefused as exc:
         return Promotion(release, ref, source, target, exc.gates or [], refused=str(exc))
     return Promotion(release, ref, source, target, outcome.gates)

@@ -49,10 +49,6 @@ def _envs(credential: Credential, env: str | None) -> list[str] | None:
     return [env]
 
 
-def _actor(credential: Credential) -> str:
-    return f"{credential.role}:{credential.id}"
-
-
 def alert_view(alert: Alert) -> dict[str, Any]:
     view = msgspec.structs.asdict(alert)
     view["key"] = "/".join(alert.key)
@@ -117,11 +113,11 @@ async def acknowledge(request: Request, key: str, credential: AnyCredential) -> 
     if alert is None or not credential.covers_env(alert.env):
         raise ApiError(404, "not_found", f"no live alert {key!r}; list them with GET /api/v1/alerts")
     require(credential, "operator", alert.env)
-    engine.acknowledge(alert, _actor(credential))
+    engine.acknowledge(alert, credential.actor)
     entry = AuditEntry(
         ts=time.time(),
         env=alert.env,
-        actor=_actor(credential),
+        actor=credential.actor,
         action="acknowledge",
         target=alert.agent or alert.env,
         reason=f"{alert.rule} {alert.fingerprint}",
@@ -174,7 +170,7 @@ async def create_silence(request: Request, credential: AnyCredential) -> Respons
         env=env,
         starts=now,
         ends=now + body.duration_seconds,
-        created_by=_actor(credential),
+        created_by=credential.actor,
         reason=body.reason,
     )
     entry = AuditEntry(
@@ -210,7 +206,7 @@ async def expire_silence(request: Request, silence_id: str, credential: AnyCrede
     ):
         raise ApiError(404, "not_found", f"no silence {silence_id!r}")
     require(credential, "operator", found.env)
-    actor = _actor(credential)
+    actor = credential.actor
     now = time.time()
     ended = found.expired_by is not None or found.ends <= now
     entry = AuditEntry(
@@ -300,7 +296,7 @@ async def replace_rules(request: Request, env: str, credential: AnyCredential) -
     entry = AuditEntry(
         ts=time.time(),
         env=env,
-        actor=_actor(credential),
+        actor=credential.actor,
         action="replace_rules",
         target=env,
         reason=f"{len(rules)} rules",

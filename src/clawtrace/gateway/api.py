@@ -241,7 +241,7 @@ async def send_command(request: Request, agent: str, credential: AnyCredential) 
             400, "invalid_body", f"unknown action {body.action!r}; supported: {', '.join(_ACTIONS)}"
         )
     commands: CommandService = request.app.state.commands
-    actor = f"{credential.role}:{credential.id}"
+    actor = credential.actor
     reason = body.reason or f"requested by {credential.role} credential {credential.id}"
     command = None
     failure: tuple[str, str] | None = None

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from clawtrace.access import Credential
 from clawtrace.alerts.model import Rule
 from clawtrace.alerts.rules_file import rules_for_env
 from clawtrace.envs.diff import EnvSnapshot, RoleRelease, diff
@@ -31,7 +30,7 @@ from clawtrace.gateway.api import (
     require,
     require_ingest,
 )
-from clawtrace.gateway.deployments import DeploymentRefused, DeploymentService
+from clawtrace.gateway.deployments import DeploymentRefused, DeploymentService, ref_of
 from clawtrace.gateway.policies import PolicyService
 from clawtrace.gateway.releases_api import full_view
 from clawtrace.gateway.settings import GatewaySettings
@@ -73,10 +72,6 @@ class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
 def _service(request: Request) -> DeploymentService:
     service: DeploymentService = request.app.state.deployments
     return service
-
-
-def _actor(credential: Credential) -> str:
-    return f"{credential.role}:{credential.id}"
 
 
 def _refused(exc: DeploymentRefused) -> Response:
@@ -150,7 +145,7 @@ async def deploy(request: Request, credential: AnyCredential) -> Response:
     _known_env(service, body.env)
     require(credential, "operator", body.env)
     try:
-        record = await service.deploy(body.release, body.env, _actor(credential), body.reason)
+        record = await service.deploy(body.release, body.env, credential.actor, body.reason)
     except DeploymentRefused as exc:
         return _refused(exc)
     return json_response({"deployment": service.describe(record)}, 201)
@@ -166,13 +161,13 @@ async def promote(request: Request, credential: Viewer_) -> Response:
     require(credential, "viewer" if body.check else "operator", body.to)
     try:
         outcome = await service.promote(
-            body.release, body.to, _actor(credential), check_only=body.check, reason=body.reason
+            body.release, body.to, credential.actor, check_only=body.check, reason=body.reason
         )
     except DeploymentRefused as exc:
         return _refused(exc)
     view: dict[str, Any] = {
         "release": outcome.release.id,
-        "ref": f"{outcome.release.role}@{outcome.release.version}",
+        "ref": ref_of(outcome.release),
         "to": outcome.target,
         "gates": msgspec.to_builtins(outcome.gates),
         "passed": all(gate.passed for gate in outcome.gates),
@@ -189,7 +184,7 @@ async def approve(request: Request, credential: AnyCredential) -> Response:
     _known_env(service, body.to)
     require(credential, "admin", body.to)
     try:
-        approval = await service.approve(body.release, body.to, _actor(credential), body.reason)
+        approval = await service.approve(body.release, body.to, credential.actor, body.reason)
     except DeploymentRefused as exc:
         return _refused(exc)
     return json_response({"approval": msgspec.to_builtins(approval)}, 201)
@@ -203,7 +198,7 @@ async def rollback(request: Request, credential: AnyCredential) -> Response:
     _known_env(service, body.env)
     require(credential, "operator", body.env)
     try:
-        record = await service.rollback(body.role, body.env, _actor(credential), body.to, body.reason)
+        record = await service.rollback(body.role, body.env, credential.actor, body.to, body.reason)
     except DeploymentRefused as exc:
         return _refused(exc)
     return json_response({"deployment": service.describe(record)}, 201)

@@ -59,10 +59,6 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _actor(credential: Credential) -> str:
-    return f"{credential.role}:{credential.id}"
-
-
 def _check_env(env: str) -> None:
     if not _ENV.match(env):
         raise ApiError(
@@ -177,7 +173,7 @@ async def apply_policy(request: Request, env: str, credential: AnyCredential) ->
             f"file names must look like NAME.cedar (no directories); got {bad or 'no files'}",
         )
     try:
-        result = await _policies(request).apply(env, body.files, body.settings, _actor(credential))
+        result = await _policies(request).apply(env, body.files, body.settings, credential.actor)
     except PolicyError as exc:
         raise _invalid_policy(exc) from None
     return json_response(_apply_view(result))
@@ -202,7 +198,7 @@ async def rollback_policy(
             f" (see the history with GET /api/v1/policies/{env})",
         )
     try:
-        result = await _policies(request).rollback(env, version, _actor(credential))
+        result = await _policies(request).rollback(env, version, credential.actor)
     except UnknownVersion:
         raise ApiError(
             404,
@@ -370,7 +366,7 @@ async def answer_approval(request: Request, approval_id: str, credential: AnyCre
     approval = await _readable_approval(request, credential, approval_id)
     require(credential, "operator", approval.env)
     body = await read_body(request, AnswerRequest, '{"approve": true|false, "reason": "..."}')
-    actor = _actor(credential)
+    actor = credential.actor
     try:
         decided = await _policies(request).answer(approval_id, body.approve, actor, body.reason)
     except ApprovalConflict as exc:

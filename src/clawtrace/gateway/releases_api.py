@@ -20,7 +20,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from clawtrace.access import Credential
 from clawtrace.alerts.model import AuditEntry
 from clawtrace.envs.release import (
     MAX_RELEASE_BYTES,
@@ -44,10 +43,6 @@ MAX_BODY_BYTES = 2 * MAX_RELEASE_BYTES + (1 << 20)
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def _actor(credential: Credential) -> str:
-    return f"{credential.role}:{credential.id}"
 
 
 def summary(record: ReleaseRecord) -> dict[str, Any]:
@@ -92,7 +87,7 @@ async def create_release(request: Request, credential: AnyCredential) -> Respons
         raise ApiError(400, "id_mismatch", str(exc)) from None
     except ReleaseError as exc:
         raise ApiError(400, "invalid_release", str(exc)) from None
-    actor = _actor(credential)
+    actor = credential.actor
     record = ReleaseRecord(
         id=release.id,
         role=release.role,
