@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,9 @@ from clawtrace.store import open_store
 from gateway_process import GatewayProcess
 from nats_server import delete_stream, require_shared_nats, scale_bus_url, unique_name
 from postgres import fresh_database, fresh_schema
+from releases import upload, write_release_dir
 from test_gateway_protocol import Conn, hello_frame, open_ws
+from test_policy_gateway import EXAMPLES, bundle_body
 from test_worker import WorkerProcess
 
 
@@ -40,8 +43,11 @@ class Cluster:
         return httpx.post(f"{gateway.http_url}{path}", json=body, headers=headers, timeout=30)
 
     async def agent(self, gateway: GatewayProcess, agent: str) -> Conn:
+        return await self.agent_with(gateway, agent)
+
+    async def agent_with(self, gateway: GatewayProcess, agent: str, **hello: Any) -> Conn:
         conn = Conn(await open_ws(gateway, self.agent_token))
-        await conn.send(hello_frame(agent, "dev", region="eu-west-1"))
+        await conn.send(hello_frame(agent, "dev", region="eu-west-1", **hello))
         conn.welcome = await conn.recv()
         assert conn.welcome["type"] == "welcome", conn.welcome
         return conn
@@ -174,6 +180,86 @@ async def test_commands_reach_the_agent_through_whichever_gateway_holds_it(clust
     )
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_connected"
     assert time.monotonic() - started < 3
+
+
+async def next_command(conn: Conn, action: str) -> dict[str, Any]:
+    """The next command with ``action`` the agent gets (others, acks included, passed over)."""
+    deadline = time.monotonic() + 20
+    while True:
+        message = await conn.recv(max(0.1, deadline - time.monotonic()))
+        if message["type"] == "command" and message["action"] == action:
+            return message
+
+
+async def test_a_bundle_applied_through_one_gateway_reaches_the_others_agents_and_decisions(
+    cluster: Cluster,
+) -> None:
+    conn = await cluster.agent(cluster.second, "a-policy")
+    try:
+        headers = {"Authorization": f"Bearer {cluster.admin_token}"}
+        applied = await asyncio.to_thread(
+            httpx.put,
+            f"{cluster.first.http_url}/api/v1/policies/dev",
+            json=bundle_body(EXAMPLES / "dev"),
+            headers=headers,
+            timeout=30,
+        )
+        assert applied.status_code == 200, applied.text
+        version = applied.json()["version"]
+        # The second gateway holds the agent: it heard of the bundle and pushed it.
+        command = await next_command(conn, "policy")
+        assert command["payload"]["version"] == version
+        decided = await asyncio.to_thread(
+            cluster.post, cluster.second, "/v1/authorize", {"agent": "a-policy", "tool": "search"}
+        )
+        assert decided.status_code == 200 and decided.json()["policy_version"] == version, decided.text
+    finally:
+        await conn.close()
+    # A later connection to either gateway gets it with its welcome.
+    again = await cluster.agent(cluster.second, "a-policy")
+    try:
+        assert (await next_command(again, "policy"))["payload"]["version"] == version
+    finally:
+        await again.close()
+
+
+async def test_a_deploy_through_one_gateway_rolls_out_to_role_agents_on_the_other(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    release = upload(
+        cluster.first.http_url,
+        cluster.admin_token,
+        write_release_dir(tmp_path / "r", role="scaler", version="1.0.0"),
+    )
+    conn = await cluster.agent_with(cluster.second, "a-role", role="scaler")
+    try:
+        deployed = await asyncio.to_thread(
+            cluster.post, cluster.first, "/api/v1/deployments", {"release": "scaler@1.0.0", "env": "dev"}
+        )
+        assert deployed.status_code == 201, deployed.text
+        command = await next_command(conn, "deploy")
+        assert command["payload"] == {"release": release.id, "ref": "scaler@1.0.0"}
+    finally:
+        await conn.close()
+    # The agent comes back running it: whichever gateway leads rollouts sees it complete.
+    running = await cluster.agent_with(cluster.second, "a-role", role="scaler", release=release.id)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            status = await asyncio.to_thread(
+                lambda: httpx.get(
+                    f"{cluster.first.http_url}/api/v1/envs/dev/roles/scaler",
+                    headers={"Authorization": f"Bearer {cluster.admin_token}"},
+                    timeout=10,
+                ).json()
+            )
+            if status["deployment"]["phase"] == "complete":
+                break
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.3)
+        assert status["progress"]["running"] == status["progress"]["total"] == 1
+    finally:
+        await running.close()
 
 
 async def test_a_killed_gateways_agents_go_on_through_the_other_nothing_lost_or_twice(

@@ -19,8 +19,8 @@ from clawtrace.access import Credential
 from clawtrace.alerts.engine import AlertEngine
 from clawtrace.console.pages import api_json, error_page, render, signed_in
 from clawtrace.gateway import alerts_api
-from clawtrace.metrics.fleet import FleetRow, fleet_rows
-from clawtrace.metrics.stage import MetricsStage
+from clawtrace.gateway.metrics_api import agent_row
+from clawtrace.metrics.fleet import FleetRow
 from clawtrace.protocol import KINDS
 from clawtrace.store import AgentRecord, EventQuery, QuarantineRecord, Store
 
@@ -57,16 +57,6 @@ async def readable_agent(request: Request, credential: Credential, agent: str) -
     return record
 
 
-def live_row(request: Request, record: AgentRecord) -> FleetRow:
-    """The agent's row of the fleet view, quarantine included (what the fleet page shows for it)."""
-    stage: MetricsStage = request.app.state.metrics
-    state = request.app.state.pipeline.agents.get(record.agent)
-    connected = {record.agent} if state is not None and state.link is not None else set()
-    quarantined = request.app.state.commands.quarantined
-    rows, _ = fleet_rows(stage, [record], connected, stage.clock(), quarantined)
-    return rows[0]
-
-
 async def live_panel(request: Request, credential: Credential, record: AgentRecord) -> dict[str, Any]:
     """What the page's live side panel shows: numbers, alerts, recent decisions and actions."""
     agent = record.agent
@@ -86,7 +76,7 @@ async def live_panel(request: Request, credential: Credential, record: AgentReco
     actions = [e for e in audit["entries"] if e["action"] not in ("policy", "refused")]
     return {
         "agent": AgentContext(
-            record, live_row(request, record), request.app.state.commands.quarantined.get(agent)
+            record, agent_row(request, record), request.app.state.commands.quarantined.get(agent)
         ),
         "alerts": alerts,
         "alerts_enabled": engine is not None,

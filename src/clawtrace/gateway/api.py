@@ -129,6 +129,9 @@ async def readyz(request: Request) -> Response:
         await run_in_threadpool(_store(request).get_token, "-")
     except Exception as exc:
         problems.append(f"store unreachable: {exc}")
+    scale = request.app.state.scale
+    if scale is not None and (scale.link is None or not scale.link.nats.connected):
+        problems.append("NATS unreachable: events are not acknowledged until it is back")
     if problems:
         return json_response({"status": "unavailable", "problems": problems}, 503)
     return json_response({"status": "ready"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from clawtrace.gateway.agent_socket import AgentConnection
 from clawtrace.gateway.alerting import build_alert_engine
 from clawtrace.gateway.alerts_api import router as alerts_router
 from clawtrace.gateway.api import json_response, router
+from clawtrace.gateway.cluster import Cluster, Solo
 from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.deployments import DeploymentService
 from clawtrace.gateway.envs_api import router as envs_router
@@ -112,8 +115,15 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
         commands.load()
         if scale is not None:
             await scale.route_commands(pipeline, commands)
-        policies = PolicyService(pipeline, writer, commands)
+        cluster: Cluster = Solo()
+        if scale is not None:
+            from clawtrace.gateway.cluster_nats import NatsCluster
+
+            assert scale.link is not None  # started above
+            cluster = NatsCluster(scale.link, f"{socket.gethostname()}-{os.getpid()}")
+        policies = PolicyService(pipeline, writer, commands, cluster=cluster)
         policies.load()
+        await policies.start()
         pipeline.policy_sink = policies.record_decisions
         pipeline.welcome_commands.append(lambda info: policies.command_for(info.env))
         alerts = None
@@ -130,7 +140,7 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
                     yield FiringAlert(alert.rule, alert.agent)
 
         deployments = DeploymentService(
-            settings.promotion, pipeline, writer, commands, metrics, firing, clock=clock
+            settings.promotion, pipeline, writer, commands, metrics, firing, clock=clock, cluster=cluster
         )
         deployments.load()
         await deployments.start()
@@ -165,6 +175,8 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
             yield
         finally:
             await deployments.close()
+            await policies.close()
+            await cluster.close()
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention

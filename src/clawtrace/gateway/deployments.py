@@ -8,6 +8,11 @@ rolls a release back when it trips an alert.
 
 Every change (deploy, promotion, approval, rollback, automatic rollback) and
 every refused promotion is written to the audit log.
+
+In scale mode every gateway re-reads the deployments, the fleet's connected
+followers and the firing alerts from the store on each tick and sends
+``deploy`` commands to the agents it holds; only the gateway leading the
+``rollouts`` duty moves phases on and rolls back.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from clawtrace.alerts.model import AuditEntry
+from clawtrace.alerts.model import Alert, AuditEntry
 from clawtrace.envs.environments import Environments, UnknownEnvironment
 from clawtrace.envs.gates import GateFacts, GateResult, evaluate
 from clawtrace.envs.release import SHORT_ID
 from clawtrace.envs.rollout import FiringAlert, Follower, first_phase, plan, progress
+from clawtrace.gateway.cluster import Cluster, Solo
 from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.writer import StoreWriter
@@ -39,6 +45,7 @@ from clawtrace.store.base import AmbiguousRelease, DeploymentRecord, PromotionAp
 log = logging.getLogger("clawtrace.gateway.deployments")
 
 TICK_SECONDS = 1.0
+ROLLOUT_DUTY = "rollouts"
 
 
 class DeploymentRefused(Exception):
@@ -73,6 +80,7 @@ class DeploymentService:
         metrics: MetricsStage,
         firing: Callable[[str], Iterable[FiringAlert]],
         clock: Callable[[], float] = time.time,
+        cluster: Cluster | None = None,
     ) -> None:
         self.environments = environments
         self.pipeline = pipeline
@@ -88,6 +96,10 @@ class DeploymentService:
         self._refs: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
+        self.cluster: Cluster = cluster or Solo()
+        # Scale mode: the fleet's followers per (env, role) and firing alerts, as the store had them.
+        self._fleet: dict[tuple[str, str], list[Follower]] = {}
+        self._stored_firing: list[Alert] = []
 
     @property
     def store(self) -> Store:
@@ -103,6 +115,7 @@ class DeploymentService:
     async def start(self) -> None:
         self.pipeline.welcome_commands.append(self.welcome_command)
         self.pipeline.detach_listeners.append(self._forget)
+        await self.cluster.campaign(ROLLOUT_DUTY)
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def close(self) -> None:
@@ -120,11 +133,28 @@ class DeploymentService:
         return self._refs.get(release, release[:SHORT_ID])
 
     # --- what each agent should run ------------------------------------------
-    def followers(self, env: str, role: str) -> list[Follower]:
+    def _held_here(self, env: str, role: str) -> list[Follower]:
         return [
             Follower(state.info.agent, state.info.release)
             for state in self.pipeline.agents.values()
             if state.link is not None and state.info.env == env and state.info.role == role
+        ]
+
+    def followers(self, env: str, role: str) -> list[Follower]:
+        """The role's connected agents in ``env``: ours, and in scale mode the other gateways' too."""
+        here = self._held_here(env, role)
+        if not self.cluster.shared:
+            return here
+        ours = {f.agent for f in here}
+        return here + [f for f in self._fleet.get((env, role), ()) if f.agent not in ours]
+
+    def _firing(self, env: str) -> Iterable[FiringAlert]:
+        if not self.cluster.shared:
+            return self.firing(env)
+        return [
+            FiringAlert(a.rule, a.agent)
+            for a in self._stored_firing
+            if a.state == "firing" and a.env == env and a.agent
         ]
 
     def welcome_command(self, info: AgentInfo) -> Command | None:
@@ -164,16 +194,48 @@ class DeploymentService:
 
     async def tick(self) -> None:
         async with self._lock:
+            if self.cluster.shared:
+                await self._sync()
             for deployment in list(self.current.values()):
                 await self._advance(deployment)
+
+    async def _sync(self) -> None:
+        """Scale mode: what other gateways changed, which agents they hold, what workers see firing.
+        Under the lock, so that a deploy made here meanwhile is not overwritten by an older read."""
+        store = self.store
+        records = await asyncio.to_thread(store.current_deployments)
+        envs = sorted({r.env for r in records})
+        agents = await asyncio.to_thread(store.list_agents, envs) if envs else []
+        firing = await asyncio.to_thread(store.load_alerts) if self.cluster.leads(ROLLOUT_DUTY) else []
+        for record in records:
+            if record.release not in self._refs:
+                release = await asyncio.to_thread(store.get_release, record.release)
+                if release is not None:
+                    self._refs[release.id] = ref_of(release)
+        fleet: dict[tuple[str, str], list[Follower]] = {}
+        for agent in agents:
+            if agent.connected and agent.role is not None:
+                fleet.setdefault((agent.env, agent.role), []).append(Follower(agent.agent, agent.release))
+        self.current = {(r.env, r.role): r for r in records}
+        self._fleet = fleet
+        self._stored_firing = firing
 
     async def _advance(self, deployment: DeploymentRecord) -> None:
         env, role = deployment.env, deployment.role
         settings = self.environments.rollout(env)
         followers = self.followers(env, role)
-        firing = list(self.firing(env))
+        firing = list(self._firing(env))
         now = self.clock()
         outcome = plan(deployment, followers, settings, firing, now)
+        targets = outcome.targets
+        if self.cluster.shared:
+            # Each gateway tells the agents it holds.
+            held = {f.agent for f in self._held_here(env, role)}
+            targets = {agent: target for agent, target in targets.items() if agent in held}
+        if not self.cluster.leads(ROLLOUT_DUTY):
+            # Another gateway moves this rollout on (phases, rollbacks).
+            await self._tell(targets, deployment)
+            return
         if outcome.rollback is not None and deployment.previous is not None:
             await self._roll_back(
                 deployment,
@@ -192,7 +254,11 @@ class DeploymentService:
             record_id = deployment.id
             await self.writer.call(lambda s: s.update_rollout(record_id, phase, since, canary, done))
             log.info("rollout of %s in %s: %s (%s)", self.ref(deployment.release), env, phase, done)
-        for agent, target in outcome.targets.items():
+        await self._tell(targets, deployment)
+
+    async def _tell(self, targets: dict[str, str], deployment: DeploymentRecord) -> None:
+        """Send ``deploy`` to each agent whose target changed since it was last told."""
+        for agent, target in targets.items():
             if self._sent.get(agent) == target:
                 continue
             self._sent[agent] = target

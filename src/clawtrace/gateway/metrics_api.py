@@ -32,19 +32,26 @@ async def current_fleet(
     stage: MetricsStage = request.app.state.metrics
     store: Store = request.app.state.store
     records = await run_in_threadpool(store.list_agents, envs)
-    pipeline = request.app.state.pipeline
     now = stage.clock()
-    connected = {agent for agent, state in pipeline.agents.items() if state.link is not None}
-    rows, windows = fleet_rows(stage, records, connected, now, request.app.state.commands.quarantined)
+    quarantined = request.app.state.commands.quarantined
+    rows, windows = fleet_rows(stage, records, _connected(request, records), now, quarantined)
     return rows, windows, now
+
+
+def _connected(request: Request, records: list[AgentRecord]) -> set[str]:
+    """Agents connected here and, in scale mode, to other gateways (as the registry has it)."""
+    pipeline = request.app.state.pipeline
+    here = {agent for agent, state in pipeline.agents.items() if state.link is not None}
+    if request.app.state.scale is None:
+        return here
+    return here | {record.agent for record in records if record.connected}
 
 
 def agent_row(request: Request, record: AgentRecord) -> FleetRow:
     """The live numbers of one agent (what its row in the fleet view shows)."""
     stage: MetricsStage = request.app.state.metrics
-    state = request.app.state.pipeline.agents.get(record.agent)
-    connected = {record.agent} if state is not None and state.link is not None else set()
-    rows, _ = fleet_rows(stage, [record], connected, stage.clock())
+    quarantined = request.app.state.commands.quarantined
+    rows, _ = fleet_rows(stage, [record], _connected(request, [record]), stage.clock(), quarantined)
     return rows[0]
 
 

@@ -7,11 +7,17 @@ back to, and right after each ``welcome`` (node agents ignore a version they
 already hold). Policy decisions the agents report are mirrored into the
 audit log, and ``require_approval`` decisions become approvals a person
 answers through the API.
+
+In scale mode each gateway pushes to the agents it holds: the one that
+applies a bundle announces it, the others reload it from the store and push
+it to theirs (and look at the store every ``RECONCILE_SECONDS`` in case a
+notice was lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import posixpath
 import secrets
@@ -24,6 +30,7 @@ from typing import Any
 import msgspec
 
 from clawtrace.alerts.model import AuditEntry
+from clawtrace.gateway.cluster import Cluster, Solo
 from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.writer import StoreWriter
@@ -55,6 +62,9 @@ DEFAULT_WORKSPACE = ""
 ROLE_LABEL = "role"
 DEFAULT_ROLE = "default"
 ENGINE_CACHE_SIZE = 4096
+# In scale mode: how often a gateway compares its active bundles with the store's.
+RECONCILE_SECONDS = 10.0
+NOTICE_TOPIC = "policy"
 
 _bundle_decoder = msgspec.json.Decoder(PolicyBundle)
 
@@ -135,10 +145,12 @@ class PolicyService:
         commands: CommandService,
         clock: Callable[[], float] = time.time,
         engine_cache_size: int = ENGINE_CACHE_SIZE,
+        cluster: Cluster | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.writer = writer
         self.commands = commands
+        self.cluster: Cluster = cluster or Solo()
         self.clock = clock
         self.active: dict[str, ActivePolicy] = {}
         self._engine_cache_size = engine_cache_size
@@ -150,6 +162,7 @@ class PolicyService:
         self._timeouts: dict[tuple[str, str], float] = {}
         self._batch: _AuditBatch | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -160,20 +173,54 @@ class PolicyService:
     def load(self) -> None:
         """Read every environment's active bundle (at start, before agents connect)."""
         for record in self.store.active_policies():
-            bundle = decode_bundle(record.bundle)
+            self._set_active(record, *_compile_stored(record))
+
+    async def start(self) -> None:
+        """Follow bundles other gateways apply (scale mode)."""
+        await self.cluster.listen(NOTICE_TOPIC, self._heard)
+        if self.cluster.shared:
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="clawtrace-policy-reconcile")
+
+    async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+
+    async def _heard(self, data: bytes) -> None:
+        await self.reconcile(data.decode())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
             try:
-                compiled: CompiledBundle | None = compile_bundle(bundle)
-                problems: tuple[str, ...] = ()
-            except PolicyError as exc:
-                compiled, problems = None, tuple(exc.problems)
-                log.error(
-                    "the active policy bundle %s of environment %s no longer compiles; /v1/authorize denies"
-                    " every call until a valid bundle is applied: %s",
-                    record.version,
-                    record.env,
-                    "; ".join(problems),
-                )
-            self._set_active(record, bundle, compiled, problems)
+                await self.reconcile()
+            except Exception as exc:
+                log.warning("comparing active policy bundles with the store failed: %s", exc)
+
+    async def reconcile(self, env: str | None = None) -> None:
+        """Adopt active bundles another gateway applied (of ``env``, or all) and push them to our agents."""
+        records = await asyncio.to_thread(self.store.active_policies)
+        for record in records:
+            if env is not None and record.env != env:
+                continue
+            current = self.active.get(record.env)
+            if current is not None and current.version == record.version:
+                continue
+            compiled = await asyncio.to_thread(_compile_stored, record)
+            async with self._apply_lock:
+                current = self.active.get(record.env)
+                if current is not None and current.version == record.version:
+                    continue
+                self._set_active(record, *compiled)
+                delivered, missed = await self._push(record.env)
+            log.info(
+                "policy bundle %s of %s applied elsewhere: pushed to %d agents here (%d not reached)",
+                record.version,
+                record.env,
+                len(delivered),
+                len(missed),
+            )
 
     def _set_active(
         self,
@@ -255,10 +302,11 @@ class PolicyService:
                 },
             )
             await self.writer.call(lambda store: store.add_audit([entry]))
-            return ApplyResult(env, bundle.version, previous, True, delivered, missed)
+        await self.cluster.announce(NOTICE_TOPIC, env.encode())
+        return ApplyResult(env, bundle.version, previous, True, delivered, missed)
 
     async def _push(self, env: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Send the active bundle to every connected node agent of ``env``: (delivered, not delivered)."""
+        """Send the active bundle to the node agents of ``env`` connected here: (delivered, not delivered)."""
         active = self.active[env]
         targets = sorted(
             agent
@@ -475,7 +523,8 @@ class PolicyService:
                     code, f"approval {approval_id} is already {current.state} (by {current.decided_by}{when})"
                 )
             state = self.pipeline.agents.get(current.agent)
-            if state is None or state.link is None:
+            # In scale mode another gateway may hold it: sending says whether one does.
+            if (state is None or state.link is None) and self.commands.remote is None:
                 raise ApprovalConflict(
                     "not_connected",
                     f"agent {current.agent!r} is not connected, so it cannot be told;"
@@ -504,6 +553,22 @@ class PolicyService:
             return msgspec.structs.replace(
                 current, state=verdict, decided_by=actor, decided_at=now, decision_reason=reason
             )
+
+
+def _compile_stored(record: PolicyRecord) -> tuple[PolicyBundle, CompiledBundle | None, tuple[str, ...]]:
+    """A stored bundle compiled again; one that no longer compiles (after an upgrade, say) with why."""
+    bundle = decode_bundle(record.bundle)
+    try:
+        return bundle, compile_bundle(bundle), ()
+    except PolicyError as exc:
+        log.error(
+            "the active policy bundle %s of environment %s no longer compiles; /v1/authorize denies"
+            " every call until a valid bundle is applied: %s",
+            record.version,
+            record.env,
+            "; ".join(exc.problems),
+        )
+        return bundle, None, tuple(exc.problems)
 
 
 def _push_reason(active: ActivePolicy) -> str:
