@@ -391,6 +391,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/console/api/v1/rollbacks"): Access(OPERATOR),
     ("GET", "/metrics"): Access(VIEWER),
     ("POST", "/v1/events"): Access(INGEST),
+    # OTLP/HTTP (clawtrace/otlp/receiver.py).
+    ("POST", "/v1/traces"): Access(INGEST),
+    ("POST", "/v1/logs"): Access(INGEST),
+    ("POST", "/v1/metrics"): Access(INGEST),
     ("WS", "/v1/agent"): Access(INGEST),
     ("WS", "/api/v1/live"): Access(VIEWER),
     ("GET", "/api/v1/agents"): Access(VIEWER),

@@ -44,6 +44,7 @@ from clawtrace.gateway.sinks import EventSink
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.metrics import DEFAULT_PRICES_FILE, MetricsSettings, MetricsStage, PriceTable, RollupRow
 from clawtrace.metrics.prometheus import FleetCollector, IngestCounters, registry_for
+from clawtrace.otlp.receiver import router as otlp_router
 from clawtrace.store import AgentInfo, open_store
 
 log = logging.getLogger("clawtrace.gateway")
@@ -212,6 +213,7 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
     app.include_router(policy_router)
     app.include_router(releases_router)
     app.include_router(envs_router)
+    app.include_router(otlp_router)
     app.include_router(console_router)
     app.mount("/static", StaticFiles(directory=str(CONSOLE_STATIC)), name="static")
 
