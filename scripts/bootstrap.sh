@@ -35,3 +35,7 @@ if [ "$EXTRAS" = "test" ] && [ ! -x /usr/bin/chromium ]; then
   fi
   rm -f "$APT_LOG"
 fi
+if [ "$EXTRAS" = "test" ]; then
+  # tests/test_openclaw_e2e.py runs a real OpenClaw 2026.9.6 with its own Node 24 (docs/integrations.md).
+  scripts/openclaw.sh
+fi

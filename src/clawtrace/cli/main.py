@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "promote": "clawtrace.cli.envs:promote",
     "rollback": "clawtrace.cli.envs:rollback",
     "env": "clawtrace.cli.envs:env",
+    "import": "clawtrace.cli.import_:import_",
 }
 
 
@@ -76,6 +77,7 @@ def cli() -> None:
       clawtrace deploy R --env dev    make release R the one its role's agents run in dev
       clawtrace promote R --to prod   dev -> staging -> prod through gates (rollback, env diff)
       clawtrace audit                 who restarted, quarantined or silenced what, and why
+      clawtrace import openclaw DIR   OpenClaw transcripts as sessions (idempotent; -f: follow)
     """
 
 
