@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import msgspec
 
@@ -42,6 +42,17 @@ RULES_CHECK_SECONDS = 5.0
 RESOLVED_RETENTION_SECONDS = 900.0
 
 SaveState = Callable[[list[Alert], list[tuple[str, str]], list[Transition]], object]
+
+
+def _exact(metric: str, metrics: AgentMetrics | None) -> bool:
+    """Whether a metric reads the same for a process that has seen only the latest events of an
+    agent: heartbeat age (the store has the last heartbeat), and a run of failed tool calls once
+    a success ended it."""
+    if metric == "heartbeat_age_s":
+        return True
+    if metric == "consecutive_failed_tool_calls" and metrics is not None:
+        return any(b.tool_ok or (b.late is not None and b.late.tool_ok) for b in metrics.buckets.values())
+    return False
 
 
 class AlertEngine:
@@ -75,6 +86,11 @@ class AlertEngine:
         self._ticker: asyncio.Task[None] | None = None
         self._next_rules_check = 0.0
         self.evaluations = 0
+        # Scale mode: whether this process evaluates an agent now (a worker: it holds the agent's
+        # shard). None: every agent it knows.
+        self.evaluates: Callable[[str], bool] | None = None
+        # Agents taken over from another process, until when their metrics may still lack history.
+        self._inherited: dict[str, float] = {}
 
     # --- wiring -------------------------------------------------------------
     def restore(
@@ -110,6 +126,87 @@ class AlertEngine:
                     watched.last_heartbeat = max(watched.last_heartbeat, now)
         self.notifier.restore(restored)
         log.info("alert engine restored %d live alerts, %d silences", len(restored), len(self.silences))
+
+    def adopt(self, alerts: Iterable[Alert], agents: Iterable[AgentRecord]) -> list[Alert]:
+        """Agents handed over by another process (a worker took their shard over): their live
+        alerts carry on where that one left them in the store, notified or not, silenced,
+        acknowledged. Returns the alerts taken.
+
+        As after a restart, heartbeat age counts from now for agents without a firing heartbeat
+        alert. The other metrics start empty here, so for one metrics window their alerts may
+        fire but not clear (no data, or a reading below the threshold, keeps the state): what
+        would clear them may be history that stayed with the previous owner. Heartbeat age, and
+        a run of failed tool calls that a success ended, are exact and clear at once.
+        """
+        now = self.clock()
+        records = list(agents)
+        for record in records:
+            watched = self._from_record(record, connected=record.connected)
+            known = self.watched.get(record.agent)
+            if known is not None:
+                watched.connected = known.connected
+                watched.alive_at = max(watched.alive_at, known.alive_at)
+            self.watched[record.agent] = watched
+            self._agent_rules.pop(record.agent, None)
+        taken = list(alerts)
+        for alert in taken:
+            self.alerts[alert.key] = alert
+            self._dirty.pop(alert.key, None)
+        firing = {a.agent for a in taken if a.state == "firing" and self._about_heartbeats(a)}
+        until = now + self.stage.settings.window_seconds
+        for record in records:
+            self._inherited[record.agent] = until
+            watched = self.watched[record.agent]
+            if watched.agent not in firing:
+                watched.alive_at = max(watched.alive_at, now)
+                if watched.last_heartbeat is not None:
+                    watched.last_heartbeat = max(watched.last_heartbeat, now)
+        self.notifier.restore(taken)
+        return taken
+
+    def forget(self, agents: Collection[str]) -> None:
+        """Drop these agents and their alerts from memory, resolving and notifying nothing:
+        another process carries them on. Their unsaved changes are dropped too (``flush`` first
+        to keep them)."""
+        gone = set(agents)
+        if not gone:
+            return
+        keys = [key for key, alert in self.alerts.items() if alert.agent and alert.agent in gone]
+        for key in keys:
+            del self.alerts[key]
+            self._dirty.pop(key, None)
+        self._forget = [key for key in self._forget if key[1] not in gone]
+        self._transitions = [t for t in self._transitions if t.agent not in gone]
+        for agent in gone:
+            self.watched.pop(agent, None)
+            self._agent_rules.pop(agent, None)
+            self._inherited.pop(agent, None)
+        self.notifier.forget(keys)
+        self.remediator.forget(gone)
+
+    def _from_record(self, record: AgentRecord, connected: bool) -> Watched:
+        return Watched(
+            agent=record.agent,
+            env=record.env,
+            region=record.region,
+            labels=dict(record.labels),
+            last_heartbeat=record.last_heartbeat,
+            alive_at=record.last_event or record.last_connect or record.first_seen,
+            connected=connected,
+            lifecycle=record.lifecycle,
+        )
+
+    def _mine(self, agent: str) -> bool:
+        return self.evaluates is None or not agent or self.evaluates(agent)
+
+    def _in_grace(self, agent: str, now: float) -> bool:
+        until = self._inherited.get(agent)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._inherited[agent]
+        return False
 
     async def start(self) -> None:
         self.stage.listeners.append(self.on_events)
@@ -186,6 +283,8 @@ class AlertEngine:
 
     # --- evaluation ---------------------------------------------------------
     def on_events(self, agent: str, metrics: AgentMetrics) -> None:
+        if not self._mine(agent):
+            return
         watched = self._watched(agent)
         if watched is not None:
             self._evaluate_agent(watched, metrics, self.clock())
@@ -197,7 +296,8 @@ class AlertEngine:
             self.rulebook.refresh()
         agents = self.stage.agents
         for watched in self.watched.values():
-            self._evaluate_agent(watched, agents.get(watched.agent), now)
+            if self.evaluates is None or self.evaluates(watched.agent):
+                self._evaluate_agent(watched, agents.get(watched.agent), now)
         self._retire_orphans(now)
         # After evaluation, so that what just fired inhibits at once.
         self._refresh_silences(now)
@@ -220,6 +320,13 @@ class AlertEngine:
             else:
                 breached = rule.condition.holds(value)
                 detail = ""
+            if (
+                breached is not True
+                and self._inherited
+                and self._in_grace(watched.agent, now)
+                and not _exact(rule.condition.metric, metrics)
+            ):
+                breached = None  # taken over: what clears it may be with the previous owner
             if breached is not None:
                 self._apply(rule, watched, value, breached, now, detail)
         if metrics is not None:
@@ -353,7 +460,7 @@ class AlertEngine:
     def _remediate(self, now: float) -> None:
         troubled: set[str] = set()
         for alert in self.alerts.values():
-            if alert.state != "firing" or alert.rule in SYSTEM_RULES:
+            if alert.state != "firing" or alert.rule in SYSTEM_RULES or not self._mine(alert.agent):
                 continue
             rule = self._rule(alert)
             if rule is None or not any(a != "notify" for a in rule.actions):
@@ -362,7 +469,7 @@ class AlertEngine:
             if alert.silenced_by is None:
                 self.remediator.consider(alert, rule, self._target(alert))
         for watched in self.watched.values():
-            if watched.agent not in troubled:
+            if watched.agent not in troubled and self._mine(watched.agent):
                 self.remediator.healthy(watched.agent, now)
         held_envs = {env for env, agents in self.remediator.held.items() if agents}
         for env in held_envs:
@@ -481,6 +588,8 @@ class AlertEngine:
                 del self.silences[silence_id]
         sources = self._inhibiting_sources()
         for alert in self.alerts.values():
+            if not self._mine(alert.agent):
+                continue
             silenced_by = self._silence_for(alert, now)
             inhibited_by = self._inhibitor(alert, sources)
             if silenced_by != alert.silenced_by or inhibited_by != alert.inhibited_by:
@@ -519,9 +628,18 @@ class AlertEngine:
         self.silences.pop(silence_id, None)
         self._refresh_silences(self.clock())
 
-    def acknowledge(self, alert: Alert, actor: str) -> None:
+    def set_silences(self, silences: Iterable[Silence]) -> None:
+        """The silences in force, as the store has them (scale mode: created or expired through
+        any gateway)."""
+        now = self.clock()
+        self.silences = {
+            silence.id: silence for silence in silences if silence.ends > now and silence.expired_by is None
+        }
+        self._refresh_silences(now)
+
+    def acknowledge(self, alert: Alert, actor: str, at: float | None = None) -> None:
         alert.acknowledged_by = actor
-        alert.acknowledged_at = self.clock()
+        alert.acknowledged_at = self.clock() if at is None else at
         self._dirty[alert.key] = alert
         self.notifier.update(alert)
         self.flush()

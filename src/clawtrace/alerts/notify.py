@@ -272,6 +272,15 @@ class Notifier:
         except Exception:
             log.exception("alert notifier: could not take an update of %s/%s", alert.rule, alert.agent)
 
+    def forget(self, keys: Iterable[AlertKey]) -> None:
+        """Stop tracking these alerts without notifying anything about them: another process
+        (the worker that took their agents' shard over) carries them on from the store."""
+        for key in keys:
+            where = self._where.pop(key, None)
+            group = None if where is None else self._groups.get(where)
+            if group is not None:
+                group.alerts.pop(key, None)
+
     def process(self, now: float | None = None) -> None:
         """Hand every due group's notifications to delivery. Never blocks and never raises."""
         try:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from clawtrace.alerts.drivers.base import ActionResult, AgentTarget, RemediationDriver
@@ -254,6 +254,15 @@ class Remediator:
             detail,
         )
         self._audit(entry)
+
+    def forget(self, agents: Iterable[str]) -> None:
+        """Drop what is known of these agents' remediation (another process took them over and
+        rebuilds it from the audit log). What they spent of their environment's budget stays spent."""
+        for agent in agents:
+            self._agents.pop(agent, None)
+            self.gave_up.pop(agent, None)
+            for held in self.held.values():
+                held.discard(agent)
 
     def released(self, agent: str) -> None:
         """An operator released the agent from quarantine: restarting may start over."""

@@ -83,7 +83,8 @@ class StreamLayout:
 
     @property
     def control_prefix(self) -> str:
-        """Core NATS subjects beside the stream (never captured by it): commands, quarantine news."""
+        """Core NATS subjects beside the stream (never captured by it): commands, quarantine,
+        presence and alert news (bus/control.py)."""
         base = self.prefix.removesuffix(".events") if self.prefix != ".events" else self.prefix
         return f"{base}.control"
 
@@ -94,6 +95,15 @@ class StreamLayout:
     @property
     def quarantine_subject(self) -> str:
         return f"{self.control_prefix}.quarantine"
+
+    def presence_subject(self, shard: int) -> str:
+        """Where gateways say that an agent of ``shard`` connected or disconnected (its owner listens)."""
+        return f"{self.control_prefix}.presence.{shard}"
+
+    @property
+    def alerts_subject(self) -> str:
+        """Operator actions on alerts (silences, acknowledgements) for the workers that evaluate them."""
+        return f"{self.control_prefix}.alerts"
 
     def parse(self, subject: str) -> EventSubject:
         head = self.prefix + "."

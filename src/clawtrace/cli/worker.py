@@ -53,9 +53,11 @@ from clawtrace.store import StoreError
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The gateways' TOML settings file: prices and the metrics window come from it.",
+    help="The gateways' TOML settings file: prices, the metrics window and [gateway.alerts] come from it.",
 )
-@click.option("--no-metrics", is_flag=True, help="Only store events (no metrics stage, no rollups).")
+@click.option(
+    "--no-metrics", is_flag=True, help="Only store events (no metrics stage, no rollups, no alerts)."
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def worker(
     bus: str,
@@ -69,7 +71,7 @@ def worker(
     no_metrics: bool,
     log_level: str,
 ) -> None:
-    """Store the gateways' events from NATS JetStream and compute their metrics (scale mode).
+    """Store the gateways' events from NATS JetStream, compute their metrics, evaluate alerts (scale mode).
 
     Workers share the event stream's shards among themselves: each shard
     (a slice of the agents) is worked on by exactly one worker at a time,
@@ -100,6 +102,8 @@ def worker(
             window_seconds=shared.metrics_window_seconds, tool_timeout_seconds=shared.tool_timeout_seconds
         ),
         prices_file=shared.prices_file,
+        alerts=shared.alerts,
+        external_url=shared.external_url if shared.public_url else "",
     )
     service = Worker(settings)
 

@@ -1,4 +1,10 @@
-"""``/api/v1/alerts``, silences, rules and the audit log."""
+"""``/api/v1/alerts``, silences, rules and the audit log.
+
+Embedded mode reads the gateway's own alert engine (``app.state.alerts``).
+In scale mode workers evaluate alerts and the gateway has no engine: alerts
+are read from the store, and acknowledgements and silences are written there
+and announced to the workers (``app.state.shared_alerts``, gateway/alerting.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from clawtrace.access import Credential
 from clawtrace.alerts.engine import SYSTEM_RULES, AlertEngine
 from clawtrace.alerts.model import METRICS, Alert, AuditEntry, Silence
+from clawtrace.alerts.rulebook import RuleBook
 from clawtrace.alerts.rules_file import RuleError, dump_rules, format_duration
+from clawtrace.alerts.settings import AlertSettings
+from clawtrace.bus.control import SilenceAdded, SilenceExpired
+from clawtrace.gateway.alerting import SharedAlerts
 from clawtrace.gateway.api import AnyCredential, ApiError, Viewer_, json_response, read_body, require
 from clawtrace.store import Store
 
@@ -24,16 +34,30 @@ MAX_SILENCE_SECONDS = 90 * 86400.0
 POLICY_DECISIONS = ("allow", "deny", "require_approval")
 
 
-def _engine(request: Request) -> AlertEngine:
+def _engine(request: Request) -> AlertEngine | SharedAlerts:
+    """The gateway's engine (embedded mode), or the store's alerts (scale mode: workers evaluate)."""
     engine: AlertEngine | None = request.app.state.alerts
-    if engine is None:
-        raise ApiError(
-            409,
-            "alerts_disabled",
-            "alerts are disabled on this gateway ([gateway.alerts] enabled = false,"
-            " or metrics_enabled = false: alerts need the metrics stage)",
-        )
-    return engine
+    if engine is not None:
+        return engine
+    shared: SharedAlerts | None = getattr(request.app.state, "shared_alerts", None)
+    if shared is not None:
+        return shared
+    raise ApiError(
+        409,
+        "alerts_disabled",
+        "alerts are disabled on this gateway ([gateway.alerts] enabled = false,"
+        " or metrics_enabled = false: alerts need the metrics stage)",
+    )
+
+
+async def _live(engine: AlertEngine | SharedAlerts) -> list[Alert]:
+    if isinstance(engine, AlertEngine):
+        return list(engine.alerts.values())
+    return await engine.alerts()
+
+
+def _rules_of(engine: AlertEngine | SharedAlerts) -> tuple[RuleBook, AlertSettings]:
+    return engine.rulebook, engine.settings
 
 
 def _store(request: Request) -> Store:
@@ -70,7 +94,7 @@ async def list_alerts(
     envs = _envs(credential, env)
     engine = _engine(request)
     out = []
-    for alert in engine.alerts.values():
+    for alert in await _live(engine):
         if envs is not None and alert.env not in envs:
             continue
         if (rule is not None and alert.rule != rule) or (agent is not None and alert.agent != agent):
@@ -109,11 +133,14 @@ async def acknowledge(request: Request, key: str, credential: AnyCredential) -> 
     # The role first: a viewer learns nothing about which alerts exist from a 404.
     require(credential, "operator")
     engine = _engine(request)
-    alert = engine.find(key)
+    alert = engine.find(key) if isinstance(engine, AlertEngine) else await engine.find(key)
     if alert is None or not credential.covers_env(alert.env):
         raise ApiError(404, "not_found", f"no live alert {key!r}; list them with GET /api/v1/alerts")
     require(credential, "operator", alert.env)
-    engine.acknowledge(alert, credential.actor)
+    if isinstance(engine, AlertEngine):
+        engine.acknowledge(alert, credential.actor)
+    else:
+        alert = await engine.acknowledge(alert, credential.actor)
     entry = AuditEntry(
         ts=time.time(),
         env=alert.env,
@@ -189,8 +216,12 @@ async def create_silence(request: Request, credential: AnyCredential) -> Respons
         store.add_audit([entry])
 
     await request.app.state.writer.call(write)
-    engine.add_silence(silence)
-    matched = sum(1 for a in engine.alerts.values() if a.silenced_by == silence.id)
+    if isinstance(engine, AlertEngine):
+        engine.add_silence(silence)
+        matched = sum(1 for a in engine.alerts.values() if a.silenced_by == silence.id)
+    else:
+        await engine.tell(SilenceAdded(silence))
+        matched = sum(1 for a in await engine.alerts() if a.state != "resolved" and silence.matches(a, now))
     return json_response({"silence": silence, "matching_alerts": matched}, 201)
 
 
@@ -225,7 +256,10 @@ async def expire_silence(request: Request, silence_id: str, credential: AnyCrede
         return store.expire_silence(silence_id, actor, now)
 
     expired = await request.app.state.writer.call(write)
-    engine.expire_silence(silence_id)
+    if isinstance(engine, AlertEngine):
+        engine.expire_silence(silence_id)
+    else:
+        await engine.tell(SilenceExpired(silence_id))
     return json_response({"silence": expired})
 
 
@@ -234,16 +268,24 @@ async def list_rules(request: Request, credential: Viewer_, env: str | None = No
     """The rules in force per environment, with how many alerts each has pending and firing."""
     engine = _engine(request)
     envs = _envs(credential, env)
-    known = sorted({w.env for w in engine.watched.values()} | set(engine.rulebook.loaded()))
+    rulebook, alert_settings = _rules_of(engine)
+    live = await _live(engine)
+    if isinstance(engine, AlertEngine):
+        agent_envs = {w.env for w in engine.watched.values()}
+    else:
+        # Scale mode: the fleet's environments are in the registry (the workers know theirs only).
+        agent_envs = {a.env for a in await run_in_threadpool(_store(request).list_agents)}
+        await run_in_threadpool(rulebook.refresh)  # the files may have changed since the last look
+    known = sorted(agent_envs | set(rulebook.loaded()))
     if env is not None and env not in known:
         known.append(env)
     out = []
     for name in known:
         if envs is not None and name not in envs:
             continue
-        rules = engine.rulebook.rules(name)
+        rules = rulebook.rules(name)
         counts: dict[str, dict[str, int]] = {}
-        for alert in engine.alerts.values():
+        for alert in live:
             if alert.env == name:
                 by_state = counts.setdefault(alert.rule, {"pending": 0, "firing": 0})
                 if alert.state in by_state:
@@ -251,8 +293,8 @@ async def list_rules(request: Request, credential: Viewer_, env: str | None = No
         out.append(
             {
                 "env": name,
-                "file": str(engine.rulebook.path_for(name) or ""),
-                "error": engine.rulebook.errors.get(name),
+                "file": str(rulebook.path_for(name) or ""),
+                "error": rulebook.errors.get(name),
                 "rules": [
                     {
                         "name": rule.name,
@@ -260,7 +302,7 @@ async def list_rules(request: Request, credential: Viewer_, env: str | None = No
                         "for": format_duration(rule.for_seconds),
                         "severity": rule.severity,
                         "actions": list(rule.actions),
-                        "dry_run": rule.dry_run or engine.settings.dry_run,
+                        "dry_run": rule.dry_run or alert_settings.dry_run,
                         "enabled": rule.enabled,
                         "source": rule.source,
                         "alerts": counts.get(rule.name, {"pending": 0, "firing": 0}),
@@ -283,14 +325,16 @@ async def list_rules(request: Request, credential: Viewer_, env: str | None = No
 async def replace_rules(request: Request, env: str, credential: AnyCredential) -> Response:
     """Replace an environment's rule file (YAML body); refused whole if any rule is invalid."""
     require(credential, "admin", env)
-    engine = _engine(request)
-    if engine.rulebook.rules_dir is None:
+    rulebook, _ = _rules_of(_engine(request))
+    if rulebook.rules_dir is None:
         raise ApiError(
             409, "no_rules_dir", "no rules directory is configured; set [gateway.alerts] rules_dir"
         )
     text = (await request.body()).decode("utf-8", errors="replace")
     try:
-        rules = await run_in_threadpool(engine.rulebook.replace, env, text)
+        # Scale mode: the file is written in this gateway's rules directory, which the workers
+        # read when it is shared with them (docs/deployment.md).
+        rules = await run_in_threadpool(rulebook.replace, env, text)
     except (RuleError, ValueError) as exc:
         raise ApiError(400, "invalid_rules", str(exc)) from None
     entry = AuditEntry(

@@ -132,6 +132,9 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
         if settings.alerts.enabled and settings.metrics_enabled and scale is None:
             alerts = build_alert_engine(settings, pipeline, writer, metrics, commands)
             await alerts.start()
+        # Scale mode: the alerts API reads the workers' alerts from the store, tells them of acks, silences.
+        shared_alerts = scale.shared_alerts(settings, store, writer) if scale is not None else None
+        app.state.shared_alerts = shared_alerts if settings.alerts.enabled else None
 
         def firing(env: str) -> Iterator[FiringAlert]:
             if alerts is None:

@@ -7,7 +7,10 @@ its metrics stage runs (live numbers for every agent, whichever gateway holds
 its connection); otherwise each live-tail viewer gets just the subjects it
 follows. Commands reach an agent through whichever gateway holds it (a
 NATS subject per agent), and quarantines set on one gateway are known to all.
-Imported only in scale mode: nats-py is an optional dependency.
+Agents connecting and disconnecting here are announced to the worker that
+evaluates their alerts (``<control>.presence.<shard>``), and the alerts API's
+acknowledgements and silences to every worker (``<control>.alerts``); see
+bus/control.py. Imported only in scale mode: nats-py is an optional dependency.
 """
 
 from __future__ import annotations
@@ -15,27 +18,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
-
-import msgspec
+import time
 
 from clawtrace.bus import Bus, Subscription
 from clawtrace.bus.commands import CommandListener, CommandSender
+from clawtrace.bus.control import AlertNotice, PresenceNews, QuarantineNews, decode_quarantine, encode
+from clawtrace.bus.layout import shard_of
 from clawtrace.bus.publisher import FramePublisher
 from clawtrace.bus.scale import EventStreamLink
+from clawtrace.gateway.alerting import SharedAlerts
 from clawtrace.gateway.commands import CommandService
 from clawtrace.gateway.live import Viewer, ViewerDelivery, events_subject
 from clawtrace.gateway.pipeline import Pipeline
 from clawtrace.gateway.settings import GatewaySettings
 from clawtrace.gateway.sinks import EventSink, JetStreamSink
-from clawtrace.store import AgentInfo, QuarantineRecord
+from clawtrace.gateway.writer import StoreWriter
+from clawtrace.store import AgentInfo, QuarantineRecord, Store
 
 log = logging.getLogger("clawtrace.gateway.scale")
 
-
-class QuarantineNews(msgspec.Struct):
-    agent: str
-    record: QuarantineRecord | None  # None: lifted
+__all__ = ["QuarantineNews", "ScaleMode"]
 
 
 class ScaleMode:
@@ -45,9 +49,12 @@ class ScaleMode:
         self.publisher: FramePublisher | None = None
         self._subscriptions: list[Subscription] = []
         self._listener: CommandListener | None = None
-        # (agent, listen?) in the order connections came and went, applied by one task.
-        self._routes: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        # (agent, its hello if it connected else None, connection) in the order connections came
+        # and went, applied (command routes) and announced (presence) by one task.
+        self._routes: asyncio.Queue[tuple[str, AgentInfo | None, str]] = asyncio.Queue()
         self._router: asyncio.Task[None] | None = None
+        # The connection id of each agent connected here.
+        self._connections: dict[str, str] = {}
 
     async def start(self) -> EventSink:
         """Connect to NATS and the event stream; a BusError saying what to do if that fails."""
@@ -82,12 +89,10 @@ class ScaleMode:
         commands.remote = CommandSender(link.nats.client, link.layout).send
 
         async def announce(agent: str, record: QuarantineRecord | None) -> None:
-            await link.nats.publish(
-                link.layout.quarantine_subject, msgspec.json.encode(QuarantineNews(agent, record))
-            )
+            await link.nats.publish(link.layout.quarantine_subject, encode(QuarantineNews(agent, record)))
 
         def heard(_subject: str, data: bytes) -> None:
-            news = msgspec.json.decode(data, type=QuarantineNews)
+            news = decode_quarantine(data)
             if news.record is None:
                 pipeline.quarantined.pop(news.agent, None)
             else:
@@ -99,16 +104,32 @@ class ScaleMode:
         pipeline.detach_listeners.append(self._detached)
         self._router = asyncio.create_task(self._apply_routes(), name="clawtrace-command-routes")
 
+    def shared_alerts(self, settings: GatewaySettings, store: Store, writer: StoreWriter) -> SharedAlerts:
+        """The alerts API's view in scale mode: the store, and notices to the workers."""
+        assert self.link is not None
+        link = self.link
+
+        async def announce(notice: AlertNotice) -> None:
+            await link.nats.publish(link.layout.alerts_subject, encode(notice))
+            # Out before the API answers: whoever acts next finds the workers told.
+            await link.nats.client.flush(timeout=5)
+
+        return SharedAlerts(settings, store, writer, announce)
+
     def _attached(self, info: AgentInfo) -> None:
-        self._routes.put_nowait((info.agent, True))
+        connection = f"{socket.gethostname()}:{self.settings.port}/{secrets.token_hex(6)}"
+        self._connections[info.agent] = connection
+        self._routes.put_nowait((info.agent, info, connection))
 
     def _detached(self, agent: str) -> None:
-        self._routes.put_nowait((agent, False))
+        connection = self._connections.pop(agent, "")
+        self._routes.put_nowait((agent, None, connection))
 
     async def _apply_routes(self) -> None:
         assert self._listener is not None
         while True:
-            agent, listen = await self._routes.get()
+            agent, info, connection = await self._routes.get()
+            listen = info is not None
             try:
                 if listen:
                     await self._listener.listen(agent)
@@ -116,6 +137,20 @@ class ScaleMode:
                     await self._listener.stop_listening(agent)
             except Exception as exc:
                 log.warning("command route for %s not %s: %s", agent, "set" if listen else "removed", exc)
+            try:
+                await self._announce_presence(agent, info, connection)
+            except Exception as exc:
+                log.warning("presence of %s not announced: %s", agent, exc)
+
+    async def _announce_presence(self, agent: str, info: AgentInfo | None, connection: str) -> None:
+        """Tell the worker evaluating the agent's alerts (dead node) that it came or went."""
+        assert self.link is not None
+        layout = self.link.layout
+        news = PresenceNews(agent=agent, connected=info is not None, connection=connection, at=time.time())
+        if info is not None:
+            news.env, news.region, news.labels = info.env, info.region, dict(info.labels)
+            news.release, news.role = info.release, info.role
+        await self.link.nats.publish(layout.presence_subject(shard_of(agent, layout.shards)), encode(news))
 
     async def close(self) -> None:
         if self._router is not None:

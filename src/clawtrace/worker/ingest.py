@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -66,10 +66,19 @@ class ShardIngest:
         known = self.agents.get(agent)
         return None if known is None else known.info
 
-    def forget(self, agents: set[str]) -> None:
+    def forget(self, agents: Iterable[str]) -> None:
         """Drop what is cached about these agents (their shard went to another worker)."""
         for agent in agents:
             self.agents.pop(agent, None)
+
+    def update_info(self, info: AgentInfo) -> bool:
+        """What an agent's new hello said (environment, region, labels, release), if it is known
+        here; whether it was. Its events keep going where the gateway publishes them."""
+        known = self.agents.get(info.agent)
+        if known is None:
+            return False
+        known.info = info
+        return True
 
     async def ingest(self, msgs: list[Msg]) -> None:
         """Store the new events of ``msgs``; returns once committed, raises what the store raised.

@@ -1,9 +1,12 @@
-"""A worker process: owns some of the event stream's shards, stores their events, runs their metrics.
+"""A worker process: owns some of the event stream's shards, stores their events, runs their
+metrics and evaluates their alerts (worker/alerts.py).
 
 Every ``renew_every`` (a third of the lease TTL) it renews its leases, counts
 the live workers and takes or gives back shards so that each holds about
 ``shards / workers``: a worker that joins gets its share from the others, one
-that dies has its shards taken over once its leases expire.
+that dies has its shards taken over once its leases expire. What a worker
+computed about a shard's agents goes with the shard: their open metrics
+minutes are written out, their alerts are left in the store for the next owner.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clawtrace.alerts.settings import AlertSettings
 from clawtrace.bus import MemoryBus
+from clawtrace.bus.layout import shard_of
 from clawtrace.bus.scale import EventStreamLink
 from clawtrace.gateway.writer import StoreWriter
 from clawtrace.metrics import DEFAULT_PRICES_FILE, MetricsSettings, MetricsStage, PriceTable, RollupRow
-from clawtrace.store import Store, open_store
+from clawtrace.store import AgentInfo, Store, open_store
+from clawtrace.worker.alerts import WorkerAlerts
 from clawtrace.worker.ingest import ShardIngest
 from clawtrace.worker.leases import ShardLeases
 from clawtrace.worker.shard import ConsumerSettings, ShardConsumer
@@ -48,6 +54,17 @@ class WorkerSettings:
     metrics_enabled: bool = True
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     prices_file: str | None = None
+    # The gateways' [gateway.alerts]: rules, receivers, remediation (alerts need the metrics stage).
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    # Links in notifications: the address people reach the gateways at ([gateway] public_url).
+    external_url: str = ""
+    # Silences and acknowledgements are also read from the store this often (a notice may be missed).
+    alerts_reload_seconds: float = 5.0
+
+    @property
+    def rules_path(self) -> Path:
+        """As a gateway's: ``rules_dir``, else ``<data_dir>/alerts``."""
+        return Path(self.alerts.rules_dir) if self.alerts.rules_dir else Path(self.data_dir) / "alerts"
 
 
 class Worker:
@@ -57,7 +74,10 @@ class Worker:
         self.ingest: ShardIngest | None = None
         self.leases: ShardLeases | None = None
         self.metrics: MetricsStage | None = None
+        self.alerts: WorkerAlerts | None = None
         self.ready = asyncio.Event()
+        self._shards = 1
+        self._writer: StoreWriter | None = None
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -68,12 +88,13 @@ class Worker:
         (saying what to do) if NATS or the store cannot be reached at startup."""
         settings = self.settings
         link = await EventStreamLink.open(settings.bus, f"clawtrace-worker {settings.worker_id}")
+        self._shards = link.layout.shards
         store: Store | None = None
         writer: StoreWriter | None = None
         metrics: MetricsStage | None = None
         try:
             store = await asyncio.to_thread(open_store, settings.store, Path(settings.data_dir))
-            writer = StoreWriter(store, settings.writer_max_batch_rows)
+            writer = self._writer = StoreWriter(store, settings.writer_max_batch_rows)
             writer.start()
             local = MemoryBus()
             self.ingest = ShardIngest(link.layout, writer, local)
@@ -81,6 +102,20 @@ class Worker:
                 metrics = self.metrics = self._metrics(self.ingest)
                 self.ingest.on_agent_loaded = metrics.refresh_agent
                 await metrics.start(local, self._rollup_sink(writer))
+                if settings.alerts.enabled:
+                    self.alerts = WorkerAlerts.build(
+                        settings.alerts,
+                        settings.rules_path,
+                        settings.external_url,
+                        store,
+                        writer,
+                        metrics,
+                        link,
+                        self._owns,
+                        self._hello,
+                        settings.alerts_reload_seconds,
+                    )
+                    await self.alerts.start()
             self.leases = await ShardLeases.open(
                 link.js, link.layout, settings.worker_id, settings.lease_ttl_seconds
             )
@@ -94,6 +129,14 @@ class Worker:
             await self._balance_loop(link)
         finally:
             await self._shutdown(link, writer, store, metrics)
+
+    def _owns(self, shard: int) -> bool:
+        return self.leases is not None and self.leases.owns(shard)
+
+    def _hello(self, info: AgentInfo) -> None:
+        """An agent of ours connected (presence news): its labels may be new."""
+        if self.ingest is not None and self.ingest.update_info(info) and self.metrics is not None:
+            self.metrics.refresh_agent(info.agent)
 
     def _metrics(self, ingest: ShardIngest) -> MetricsStage:
         prices_file = Path(self.settings.prices_file) if self.settings.prices_file else DEFAULT_PRICES_FILE
@@ -147,8 +190,20 @@ class Worker:
 
     def _start(self, link: EventStreamLink, shard: int) -> None:
         assert self.ingest is not None and self.leases is not None
+        alerts = self.alerts
+
+        async def prepare() -> None:
+            assert alerts is not None
+            await alerts.take(shard)
+
         consumer = ShardConsumer(
-            shard, link.js, link.layout, self.ingest, self.leases.owns, self.settings.consumer
+            shard,
+            link.js,
+            link.layout,
+            self.ingest,
+            self.leases.owns,
+            self.settings.consumer,
+            prepare=prepare if alerts is not None else None,
         )
         self.consumers[shard] = consumer
         consumer.start()
@@ -164,13 +219,45 @@ class Worker:
                 consumer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer.stop()
-            if self.ingest is not None:
-                # Whoever takes the shard now writes its agents: what we cached about them goes stale.
-                self.ingest.forget(consumer.agents)
+        agents: set[str] = set() if consumer is None else set(consumer.agents)
+        if self.alerts is not None:
+            try:
+                agents |= await self.alerts.drop(shard, graceful)
+            except Exception:
+                log.exception("shard %d: handing its alerts over failed", shard)
+        shards = self._shards
+        if self.ingest is not None:
+            # Whoever takes the shard now writes its agents: what we cached about them goes stale.
+            agents |= {a for a in self.ingest.agents if shard_of(a, shards) == shard}
+            self.ingest.forget(agents)
+        if self.metrics is not None:
+            await self._detach_metrics({a for a in self.metrics.agents if shard_of(a, shards) == shard})
         if graceful:
             await self.leases.release(shard)
         else:
             self.leases.held.pop(shard, None)
+
+    async def _detach_metrics(self, agents: set[str]) -> None:
+        """Take these agents out of the metrics stage, their open minutes written out as rollups:
+        the next owner counts their events from where it takes over (a shard taken back later
+        starts afresh, not from stale numbers)."""
+        stage = self.metrics
+        if stage is None or not agents:
+            return
+        leaving = MetricsStage(stage.prices, lambda _agent: None, stage.settings, stage.clock)
+        for agent in agents:
+            metrics = stage.agents.pop(agent, None)
+            if metrics is not None:
+                leaving.agents[agent] = metrics
+            known = stage.known.pop(agent, None)
+            if known is not None:
+                leaving.known[agent] = known
+        rows = leaving.flush_all()
+        if rows and self._writer is not None:
+            try:
+                await self._rollup_sink(self._writer)(rows)
+            except Exception as exc:
+                log.warning("rollups of %d agents handed over not written: %s", len(leaving.agents), exc)
 
     async def _shutdown(
         self,
@@ -186,6 +273,9 @@ class Worker:
         if self.leases is not None:
             with contextlib.suppress(Exception):
                 await self.leases.leave()
+        if self.alerts is not None:
+            # Notifications already decided go out (within a few seconds); the rest is in the store.
+            await self.alerts.close()
         if metrics is not None:
             await metrics.close()
             rows = metrics.flush_all()

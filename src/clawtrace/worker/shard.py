@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -52,8 +52,11 @@ class ShardConsumer:
         ingest: ShardIngest,
         owns: Callable[[int], bool],
         settings: ConsumerSettings,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.shard = shard
+        # Run (until it works) before the first fetch: the shard's alert state taken over.
+        self.prepare = prepare
         self.js = js
         self.layout = layout
         self.ingest = ingest
@@ -81,9 +84,30 @@ class ShardConsumer:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    async def _prepare(self) -> bool:
+        """Whether the shard is ready to be consumed (False: the lease ran out or we are stopping)."""
+        delay = RETRY_MIN_SECONDS
+        while self.prepare is not None and not self._stopping and self.owns(self.shard):
+            try:
+                await self.prepare()
+                return True
+            except Exception as exc:
+                log.warning(
+                    "shard %d: taking over its alert state failed (%s: %s); retrying in %.1f s",
+                    self.shard,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        return self.prepare is None
+
     async def _run(self) -> None:
         settings = self.settings
         subscription = None
+        if not await self._prepare():
+            return
         while not self._stopping and self.owns(self.shard):
             try:
                 if subscription is None:
