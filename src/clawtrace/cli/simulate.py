@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -70,7 +72,9 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     envvar="CLAWTRACE_GATEWAY",
     default="ws://127.0.0.1:7420",
     show_default=True,
-    help="Gateway URL [env CLAWTRACE_GATEWAY].",
+    help="Gateway URL [env CLAWTRACE_GATEWAY]. Several gateways of one deployment (scale mode): their "
+    "URLs separated by commas; agents are spread over them round robin, and each reconnects to the next "
+    "when its gateway goes away.",
 )
 @click.option("--token", envvar="CLAWTRACE_TOKEN", help="Agent credential for --env [env CLAWTRACE_TOKEN].")
 @ca_file_option
@@ -137,7 +141,16 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="At the end, seconds to wait for outstanding acks.",
 )
 @click.option(
-    "--stats-file", type=click.Path(dir_okay=False, path_type=Path), help="Write final stats as JSON."
+    "--stats-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the final stats as JSON, per agent included: the seqs each agent generated "
+    "(first_seq..last_seq) and its last ack (acked_seq).",
+)
+@click.option(
+    "--stats-every",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Also rewrite --stats-file every SECONDS while running (atomically), to follow a run from outside.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
@@ -165,6 +178,7 @@ def simulate(
     id_prefix: str,
     drain_timeout: float,
     stats_file: Path | None,
+    stats_every: float | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -181,6 +195,8 @@ def simulate(
       clawtrace simulate --agents 1000 --token $T
       clawtrace simulate -n 50 --dead 2 --loop 1 --cost-spike 1 --rm-rf 1 --scenario-after 20
       clawtrace simulate -n 1000 --rate 50 --batch 10 --duration 60 --json
+      clawtrace simulate -n 200 --gateway ws://gw-1:7420,ws://gw-2:7420 --rate 2 \
+          --stats-file run.json --stats-every 1
     """
     region_list = tuple(r.strip() for r in regions.split(",") if r.strip())
     config = FleetConfig(
@@ -213,18 +229,21 @@ def simulate(
         config.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if stats_every is not None and stats_file is None:
+        raise click.UsageError("--stats-every needs --stats-file")
     # Progress goes to stderr so --json output stays machine-readable.
     console = Console(stderr=True)
     if not token:
         console.print("[yellow]no --token given; the gateway will likely refuse the agents[/]")
     try:
-        stats = asyncio.run(_run(config, console, quiet=quiet))
+        stats = asyncio.run(
+            _run(config, console, quiet=quiet, stats_file=stats_file, stats_every=stats_every)
+        )
     except (asyncio.CancelledError, KeyboardInterrupt):
         console.print("interrupted before the drain finished")
         sys.exit(130)
-    encoded = msgspec.json.encode(stats)
     if stats_file is not None:
-        stats_file.write_bytes(msgspec.json.format(encoded) + b"\n")
+        _write_stats(stats_file, stats)
     if as_json:
         summary = msgspec.structs.replace(stats, per_agent=None)
         click.echo(msgspec.json.format(msgspec.json.encode(summary)).decode())
@@ -234,7 +253,27 @@ def simulate(
         sys.exit(1)
 
 
-async def _run(config: FleetConfig, console: Console, *, quiet: bool) -> FleetStats:
+def _write_stats(path: Path, stats: FleetStats) -> None:
+    """Replace ``path`` at once: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(msgspec.json.format(msgspec.json.encode(stats)) + b"\n")
+    os.replace(partial, path)
+
+
+async def _write_stats_every(path: Path, seconds: float, fleet: Fleet) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        _write_stats(path, fleet.snapshot(per_agent=True))
+
+
+async def _run(
+    config: FleetConfig,
+    console: Console,
+    *,
+    quiet: bool,
+    stats_file: Path | None = None,
+    stats_every: float | None = None,
+) -> FleetStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -271,6 +310,9 @@ async def _run(config: FleetConfig, console: Console, *, quiet: bool) -> FleetSt
             console.print(
                 f"  {scenario.value} after {config.scenario_after:g} s: {', '.join(agents)}", highlight=False
             )
+    writer = None
+    if stats_file is not None and stats_every is not None:
+        writer = asyncio.create_task(_write_stats_every(stats_file, stats_every, fleet))
     try:
         return await fleet.run(
             stop,
@@ -278,5 +320,9 @@ async def _run(config: FleetConfig, console: Console, *, quiet: bool) -> FleetSt
             progress_interval=2.0 if console.is_terminal else 10.0,
         )
     finally:
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

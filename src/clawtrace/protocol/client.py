@@ -3,7 +3,9 @@
 Used by the node agent (with its disk spool as the outbox) and by the
 simulator (with an in-memory outbox). It owns the delivery rules: send what
 is after the last ack, resend after reconnect from the gateway's ``welcome``,
-reconnect with capped, jittered backoff, never give up while running.
+reconnect with capped, jittered backoff, never give up while running. Given
+several gateway URLs (gateways of one scale-mode deployment), each reconnect
+goes to the next one in turn, so a gateway that died costs one failed attempt.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -108,12 +110,15 @@ class UplinkClient:
     """Keeps one agent connected and its outbox drained.
 
     ``run()`` loops until ``close()``; call ``notify()`` after appending to
-    the outbox so the sender wakes up.
+    the outbox so the sender wakes up. ``gateway`` may be a sequence of
+    gateways (of one scale-mode deployment): the first is tried first, and
+    every reconnect goes to the next one, round robin. The outbox and the
+    welcome's ack make that safe whichever gateway answers.
     """
 
     def __init__(
         self,
-        gateway: str,
+        gateway: str | Sequence[str],
         hello: Hello,
         outbox: Outbox,
         *,
@@ -129,7 +134,10 @@ class UplinkClient:
         ssl_context: ssl.SSLContext | None = None,
         open_timeout: float = 10.0,
     ) -> None:
-        self.url = agent_url(gateway)
+        self.urls = [agent_url(url) for url in ([gateway] if isinstance(gateway, str) else gateway)]
+        if not self.urls:
+            raise ValueError("no gateway URL given")
+        self._url_index = 0
         self.hello = hello
         self.outbox = outbox
         self.token = token
@@ -142,7 +150,7 @@ class UplinkClient:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         # wss:// always verifies the gateway's certificate (protocol/tls.py); ws:// takes no context.
-        if is_tls_url(self.url):
+        if any(is_tls_url(url) for url in self.urls):
             self.ssl_context: ssl.SSLContext | None = ssl_context or default_client_context()
         else:
             self.ssl_context = None
@@ -158,6 +166,11 @@ class UplinkClient:
         self._ws: ClientConnection | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._throttle_until = 0.0
+
+    @property
+    def url(self) -> str:
+        """The gateway URL this client is connected to, or tries next."""
+        return self.urls[self._url_index]
 
     def notify(self) -> None:
         self._wake.set()
@@ -187,7 +200,7 @@ class UplinkClient:
             ) as exc:
                 # msgspec.DecodeError covers a welcome that is not one (ValidationError subclasses it).
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, websockets.exceptions.InvalidMessage) and self.ssl_context is None:
+                if isinstance(exc, websockets.exceptions.InvalidMessage) and not is_tls_url(self.url):
                     self.last_error += " (if the gateway serves TLS, use a wss:// URL)"
                 log.debug("connection to %s failed: %s", self.url, self.last_error)
             finally:
@@ -198,6 +211,8 @@ class UplinkClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max)
+            # The next gateway, when there are several: one that died costs a single attempt.
+            self._url_index = (self._url_index + 1) % len(self.urls)
 
     async def close(self, drain_timeout: float = 0.0) -> None:
         """Stop, after waiting up to ``drain_timeout`` s for everything to be acked."""
@@ -226,7 +241,7 @@ class UplinkClient:
             additional_headers=headers,
             max_size=None,
             open_timeout=self.open_timeout,
-            ssl=self.ssl_context,
+            ssl=self.ssl_context if is_tls_url(self.url) else None,
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,

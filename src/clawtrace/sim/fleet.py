@@ -5,7 +5,9 @@ a node agent uses one over its disk spool, so the simulator exercises the
 real delivery path: a gateway restart costs no event while this process
 lives. An agent starts numbering after the gateway's ``welcome`` ack, so
 re-running a fleet against the same store continues each agent's sequence
-instead of being dropped as duplicates.
+instead of being dropped as duplicates. Given several gateway URLs (comma
+separated), agents are spread over them round robin and each fails over to
+the next when its gateway goes away (``UplinkClient``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import msgspec
 
 from clawtrace.protocol.client import RefusedError, UplinkClient
 from clawtrace.protocol.messages import EVENT_TYPES, Command, Error, Event, Hello
-from clawtrace.protocol.tls import client_ssl_context, context_for
+from clawtrace.protocol.tls import client_ssl_context, context_for, is_tls_url
 from clawtrace.sim import catalog
 from clawtrace.sim.agent import AgentSpec, Pace, SimAgent
 from clawtrace.sim.behaviour import StepPool
@@ -39,6 +41,7 @@ _KIND_OF: dict[type, str] = {cls: kind for kind, cls in EVENT_TYPES.items()}
 
 @dataclass(slots=True)
 class FleetConfig:
+    # One gateway URL, or several separated by commas (agents spread over them, round robin).
     gateway: str = "ws://127.0.0.1:7420"
     token: str | None = None
     agents: int = 50
@@ -80,7 +83,12 @@ class FleetConfig:
     # A private CA (PEM) trusted besides the system's for a wss:// gateway.
     ca_file: str | None = None
 
+    def gateways(self) -> list[str]:
+        return [url.strip() for url in self.gateway.split(",") if url.strip()]
+
     def validate(self) -> None:
+        if not self.gateways():
+            raise ValueError("no gateway URL given")
         if self.agents < 1:
             raise ValueError("agents must be at least 1")
         if not self.regions or any(not r for r in self.regions):
@@ -130,6 +138,8 @@ class AgentStats(msgspec.Struct, kw_only=True):
     region: str
     scenario: str | None
     connected: bool
+    # The gateway URL it is connected to (or tries next); None before its first attempt.
+    gateway: str | None
     # The seqs this run generated, first..last inclusive (None: none yet).
     first_seq: int | None
     last_seq: int | None
@@ -223,8 +233,10 @@ class Fleet:
         self._started = 0.0
         self._ended: float | None = None
         self._all_refused = asyncio.Event()
+        self.gateways = config.gateways()
         # One TLS context for every agent's connection (None for ws://).
-        self._ssl = context_for(config.gateway, config.ca_file)
+        tls = [url for url in self.gateways if is_tls_url(url)]
+        self._ssl = context_for(tls[0] if tls else self.gateways[0], config.ca_file)
 
     def scenario_agents(self, scenario: Scenario) -> list[str]:
         return [agent for agent, kind in self.plan.items() if kind is scenario]
@@ -252,6 +264,7 @@ class Fleet:
                         region=slot.spec.region,
                         scenario=slot.scenario.kind.value if slot.scenario else None,
                         connected=is_connected,
+                        gateway=client.url if client is not None else None,
                         first_seq=slot.first_seq,
                         last_seq=agent.next_seq - 1 if agent is not None else None,
                         acked_seq=client.acked_seq if client is not None else 0,
@@ -298,7 +311,9 @@ class Fleet:
         self._started = time.monotonic()
         ramp = config.ramp if config.ramp is not None else min(5.0, len(self.slots) / 500)
         drivers = [
-            asyncio.create_task(self._drive(slot, ramp * n / len(self.slots)), name=f"sim:{slot.spec.agent}")
+            asyncio.create_task(
+                self._drive(slot, n, ramp * n / len(self.slots)), name=f"sim:{slot.spec.agent}"
+            )
             for n, slot in enumerate(self.slots)
         ]
         try:
@@ -349,7 +364,7 @@ class Fleet:
 
     # --- one agent -----------------------------------------------------------
 
-    async def _drive(self, slot: _Slot, delay: float) -> None:
+    async def _drive(self, slot: _Slot, index: int, delay: float) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
         config = self.config
@@ -362,8 +377,10 @@ class Fleet:
             release=spec.release,
             role=spec.role,
         )
+        # Agent n starts on gateway n mod count; on a reconnect it moves on to the next.
+        start = index % len(self.gateways)
         client = UplinkClient(
-            config.gateway,
+            self.gateways[start:] + self.gateways[:start],
             hello,
             slot.outbox,
             token=config.token,
