@@ -16,8 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from clawtrace.access import Credential
-from clawtrace.alerts.engine import AlertEngine
-from clawtrace.console.pages import api_json, error_page, render, signed_in
+from clawtrace.console.pages import alerts_enabled, api_json, error_page, render, signed_in
 from clawtrace.gateway import alerts_api
 from clawtrace.gateway.metrics_api import agent_row
 from clawtrace.metrics.fleet import FleetRow
@@ -62,8 +61,8 @@ async def live_panel(request: Request, credential: Credential, record: AgentReco
     agent = record.agent
     alerts: list[dict[str, Any]] = []
     transitions: list[dict[str, Any]] = []
-    engine: AlertEngine | None = request.app.state.alerts
-    if engine is not None:
+    enabled = alerts_enabled(request)
+    if enabled:
         listed = await api_json(alerts_api.list_alerts(request, credential, state="all", agent=agent))
         alerts = listed["alerts"]
         history = alerts_api.alert_history(request, credential, agent=agent, limit=RECENT_TRANSITIONS)
@@ -79,7 +78,7 @@ async def live_panel(request: Request, credential: Credential, record: AgentReco
             record, agent_row(request, record), request.app.state.commands.quarantined.get(agent)
         ),
         "alerts": alerts,
-        "alerts_enabled": engine is not None,
+        "alerts_enabled": enabled,
         "transitions": transitions,
         "decisions": decisions["entries"],
         "actions": actions[:RECENT_ACTIONS],

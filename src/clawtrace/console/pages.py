@@ -9,7 +9,7 @@ action is checked again by the API whatever the page showed.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from clawtrace import __version__
 from clawtrace.access import SESSION_COOKIE, Authenticator, AuthError, Credential, PermissionDenied
 from clawtrace.alerts.engine import AlertEngine
+from clawtrace.alerts.model import Alert
 from clawtrace.console.formatting import FILTERS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -66,13 +67,23 @@ def signed_in(request: Request) -> Credential | Response:
     return credential
 
 
+def alerts_enabled(request: Request) -> bool:
+    """Whether this gateway has alerts to show: its engine's, or in scale mode the workers'."""
+    return request.app.state.alerts is not None or request.app.state.shared_alerts is not None
+
+
 def firing_alerts(request: Request, credential: Credential) -> int:
     """Firing alerts the person can see: the number in the top bar's Alerts link."""
     engine: AlertEngine | None = request.app.state.alerts
-    if engine is None:
+    if engine is not None:
+        alerts: Iterable[Alert] = engine.alerts.values()
+    elif request.app.state.shared_alerts is not None:
+        # Scale mode: the workers evaluate; the store has what they found.
+        alerts = request.app.state.store.load_alerts()
+    else:
         return 0
     envs = credential.readable_envs()
-    firing = (alert for alert in engine.alerts.values() if alert.state == "firing")
+    firing = (alert for alert in alerts if alert.state == "firing")
     return sum(1 for alert in firing if envs is None or alert.env in envs)
 
 

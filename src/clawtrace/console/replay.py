@@ -20,10 +20,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from clawtrace.access import Credential
-from clawtrace.alerts.engine import AlertEngine
 from clawtrace.console.agent import readable_agent
 from clawtrace.console.formatting import iso_to_epoch
-from clawtrace.console.pages import api_json, error_page, render, signed_in
+from clawtrace.console.pages import alerts_enabled, api_json, error_page, render, signed_in
 from clawtrace.gateway import alerts_api
 from clawtrace.store import EventQuery, SessionRecord, Store
 
@@ -160,8 +159,7 @@ async def session_firings(
     request: Request, credential: Credential, agent: str, session: SessionRecord
 ) -> list[tuple[str, float, float | None]]:
     """(rule, fired at, value) of the agent's alerts that fired while the session ran."""
-    engine: AlertEngine | None = request.app.state.alerts
-    if engine is None:
+    if not alerts_enabled(request):
         return []
     history = alerts_api.alert_history(request, credential, agent=agent, since=session.started, limit=500)
     transitions = (await api_json(history))["transitions"]

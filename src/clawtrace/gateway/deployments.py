@@ -39,7 +39,7 @@ from clawtrace.metrics import MetricsStage
 from clawtrace.metrics.buckets import Bucket, decode_rollup
 from clawtrace.metrics.scopes import agent_scope
 from clawtrace.protocol import Command
-from clawtrace.store import AgentInfo, Store
+from clawtrace.store import AgentInfo, Store, StoreError
 from clawtrace.store.base import AmbiguousRelease, DeploymentRecord, PromotionApproval, ReleaseRecord
 
 log = logging.getLogger("clawtrace.gateway.deployments")
@@ -148,13 +148,13 @@ class DeploymentService:
         ours = {f.agent for f in here}
         return here + [f for f in self._fleet.get((env, role), ()) if f.agent not in ours]
 
-    def _firing(self, env: str) -> Iterable[FiringAlert]:
+    def _firing(self, env: str, stored: Iterable[Alert] | None = None) -> Iterable[FiringAlert]:
+        """The engine's firing alerts of ``env``; in scale mode, the workers' as the store had them."""
         if not self.cluster.shared:
             return self.firing(env)
+        alerts = self._stored_firing if stored is None else stored
         return [
-            FiringAlert(a.rule, a.agent)
-            for a in self._stored_firing
-            if a.state == "firing" and a.env == env and a.agent
+            FiringAlert(a.rule, a.agent) for a in alerts if a.state == "firing" and a.env == env and a.agent
         ]
 
     def welcome_command(self, info: AgentInfo) -> Command | None:
@@ -189,6 +189,9 @@ class DeploymentService:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 await self.tick()
+            except StoreError as exc:
+                # The store away (it says so itself): one line a tick, not a traceback.
+                log.warning("advancing rollouts failed, retrying on the next tick: %s", exc)
             except Exception:
                 log.exception("advancing rollouts failed; retrying on the next tick")
 
@@ -370,9 +373,10 @@ class DeploymentService:
             if a.release == record.id
         ]
         on_release = set(agents)
+        stored = await asyncio.to_thread(self.store.load_alerts) if self.cluster.shared else None
         facts.firing = sorted(
             f"{alert.rule} on {alert.agent}"
-            for alert in self.firing(previous_env)
+            for alert in self._firing(previous_env, stored)
             if alert.agent in on_release
         )
         totals = await asyncio.to_thread(self._window_totals, agents, facts.live_since)
