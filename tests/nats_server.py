@@ -121,10 +121,10 @@ async def stream_events(url: str, stream: str) -> list[dict[str, Any]]:
 
 
 async def delete_stream(url: str, stream: str) -> None:
-    """The stream and the workers' lease bucket beside it."""
+    """The stream and the workers' and gateways' buckets beside it."""
     client = await nats.connect(url)
     try:
-        for name in (stream, f"KV_{stream}_LEASES"):
+        for name in (stream, f"KV_{stream}_LEASES", f"KV_{stream}_GATEWAYS"):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await client.jetstream().delete_stream(name)
     finally:

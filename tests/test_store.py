@@ -122,7 +122,9 @@ def register(store: Store, agent: str, env: str = "dev", now: float = T0, **fiel
         fields.get("release"),
         fields.get("role"),
     )
-    return store.register_agent(info, now, connected=fields.get("connected", True))
+    return store.register_agent(
+        info, now, connected=fields.get("connected", True), gateway=fields.get("gateway")
+    )
 
 
 def seqs(store: Store, agent: str, **query: Any) -> list[int]:
@@ -251,6 +253,30 @@ def test_agents_registry(store: Store) -> None:
     store.set_agent_release("a-2", "r2")
     a2 = store.get_agent("a-2")
     assert a2 is not None and (a2.release, a2.last_disconnect) == ("r2", T0 + 7)
+
+
+def test_which_gateway_holds_an_agent(store: Store) -> None:
+    """Scale mode: a disconnect counts only from the gateway that holds the agent; a dead
+    gateway's agents can be marked disconnected all at once."""
+    register(store, "a-1", gateway="gw-a")
+    register(store, "a-2", gateway="gw-a")
+    register(store, "a-3", gateway="gw-b")
+    register(store, "a-4")  # embedded mode: no gateway named
+    assert store.connected_gateways() == ["gw-a", "gw-b"]
+    # a-1 reconnected to gw-b before gw-a saw its old connection close.
+    register(store, "a-1", now=T0 + 1, gateway="gw-b")
+    store.mark_disconnected("a-1", T0 + 2, gateway="gw-a")
+    a1 = store.get_agent("a-1")
+    assert a1 is not None and a1.connected
+    assert store.mark_gateway_gone("gw-a", T0 + 3) == 1
+    connected = {a.agent: a.connected for a in store.list_agents()}
+    assert connected == {"a-1": True, "a-2": False, "a-3": True, "a-4": True}
+    a2 = store.get_agent("a-2")
+    assert a2 is not None and a2.last_disconnect == T0 + 3
+    assert store.connected_gateways() == ["gw-b"]
+    store.mark_disconnected("a-1", T0 + 4, gateway="gw-b")
+    a1 = store.get_agent("a-1")
+    assert a1 is not None and not a1.connected
 
 
 # --- retention ------------------------------------------------------------------

@@ -117,11 +117,18 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
         if scale is not None:
             await scale.route_commands(pipeline, commands)
         cluster: Cluster = Solo()
+        sweep = None
         if scale is not None:
             from clawtrace.gateway.cluster_nats import NatsCluster
+            from clawtrace.gateway.registry_sweep import RegistrySweep
 
             assert scale.link is not None  # started above
-            cluster = NatsCluster(scale.link, f"{socket.gethostname()}-{os.getpid()}")
+            nats_cluster = NatsCluster(scale.link, f"{socket.gethostname()}-{os.getpid()}")
+            await nats_cluster.start()
+            pipeline.gateway_id = nats_cluster.gateway_id
+            sweep = RegistrySweep(nats_cluster, writer)
+            await sweep.start()
+            cluster = nats_cluster
         policies = PolicyService(pipeline, writer, commands, cluster=cluster)
         policies.load()
         await policies.start()
@@ -180,6 +187,8 @@ def create_app(settings: GatewaySettings, clock: Callable[[], float] = time.time
         finally:
             await deployments.close()
             await policies.close()
+            if sweep is not None:
+                await sweep.close()
             await cluster.close()
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,7 +4,9 @@ Notices are core NATS messages under the stream's control prefix
 (``<prefix>.control.notice.<topic>``): at most once, so whoever listens also
 re-reads the store now and then. Leadership of a duty is a key in a JetStream
 key-value bucket with a TTL: created by one gateway, renewed every third of
-the TTL, taken over by another once a dead leader's key expires.
+the TTL, taken over by another once a dead leader's key expires. Every
+gateway also keeps a presence key there (``gateway.<id>``), so that the live
+ones can be told from the dead (``registry_sweep.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 
 import nats.errors
@@ -25,6 +28,11 @@ from clawtrace.gateway.cluster import NoticeHandler
 log = logging.getLogger("clawtrace.gateway.cluster")
 
 LEASE_TTL_SECONDS = 10.0
+_UNSAFE_KEY = re.compile(r"[^-_=a-zA-Z0-9]")
+
+
+def gateway_key(gateway_id: str) -> str:
+    return f"gateway.{gateway_id}"
 
 
 class NatsCluster:
@@ -34,7 +42,8 @@ class NatsCluster:
         self, link: EventStreamLink, gateway_id: str, ttl_seconds: float = LEASE_TTL_SECONDS
     ) -> None:
         self.link = link
-        self.gateway_id = gateway_id
+        # Also a key of the bucket and the registry's agents.gateway: only characters keys allow.
+        self.gateway_id = _UNSAFE_KEY.sub("_", gateway_id)
         self.ttl_seconds = ttl_seconds
         self._subscriptions: list[Subscription] = []
         self._kv: KeyValue | None = None
@@ -62,15 +71,36 @@ class NatsCluster:
         held = self._held.get(duty)
         return held is not None and time.monotonic() < held[1]
 
-    async def campaign(self, duty: str) -> None:
+    async def start(self) -> None:
+        """Open the gateways' bucket and keep this gateway's presence key in it."""
         bucket = f"{self.link.layout.name}_GATEWAYS"
-        if self._kv is None:
+        try:
+            self._kv = await self.link.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            self._kv = await self.link.js.create_key_value(
+                bucket=bucket, ttl=self.ttl_seconds, history=1, replicas=self.link.layout.replicas
+            )
+        self._campaigns.append(asyncio.create_task(self._present(self._kv), name="clawtrace-presence"))
+
+    async def live_gateways(self) -> set[str]:
+        """The gateways whose presence key has not expired; raises if NATS cannot say."""
+        assert self._kv is not None, "start() first"
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return set()
+        return {key.removeprefix("gateway.") for key in keys if key.startswith("gateway.")}
+
+    async def _present(self, kv: KeyValue) -> None:
+        while True:
             try:
-                self._kv = await self.link.js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                self._kv = await self.link.js.create_key_value(
-                    bucket=bucket, ttl=self.ttl_seconds, history=1, replicas=self.link.layout.replicas
-                )
+                await kv.put(gateway_key(self.gateway_id), b"")
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                log.warning("presence of gateway %s not renewed: %s", self.gateway_id, exc)
+            await asyncio.sleep(self.ttl_seconds / 3)
+
+    async def campaign(self, duty: str) -> None:
+        assert self._kv is not None, "start() first"
         self._campaigns.append(asyncio.create_task(self._hold(self._kv, duty), name=f"clawtrace-lead-{duty}"))
 
     async def _hold(self, kv: KeyValue, duty: str) -> None:
@@ -106,6 +136,8 @@ class NatsCluster:
                 # Handing over at once instead of after the TTL; an error: it is someone else's already.
                 with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
                     await self._kv.delete(f"lead.{duty}", last=revision)
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await self._kv.delete(gateway_key(self.gateway_id))
         self._held.clear()
         for subscription in self._subscriptions:
             await subscription.unsubscribe()

@@ -105,6 +105,8 @@ class Pipeline:
         # Takes the policy decisions of each accepted frame once they are stored
         # (gateway/policies.py: audit log, approvals); resolves when it is done with them.
         self.policy_sink: Callable[[AgentInfo, Sequence[PolicyDecision]], asyncio.Future[None]] | None = None
+        # Scale mode: this gateway's name in the registry (agents.gateway) and among the gateways.
+        self.gateway_id: str | None = None
 
     def _lock(self, agent: str) -> asyncio.Lock:
         lock = self._locks.get(agent)
@@ -131,7 +133,10 @@ class Pipeline:
                 old_link, previous.link = previous.link, None
                 await old_link.replaced()
             await self._settle(previous)
-            last_seq = await self.writer.call(lambda store: store.register_agent(info, time.time()))
+            gateway = self.gateway_id
+            last_seq = await self.writer.call(
+                lambda store: store.register_agent(info, time.time(), gateway=gateway)
+            )
             # In scale mode the store lags JetStream, where the sink knows better.
             last_seq = max(last_seq, await self.sink.durable_seq(info))
             state = AgentState(info=info, accepted_seq=last_seq, link=link)
@@ -147,7 +152,8 @@ class Pipeline:
         agent = state.info.agent
         for listener in self.detach_listeners:
             listener(agent)
-        await self.writer.call(lambda store: store.mark_disconnected(agent, time.time()))
+        gateway = self.gateway_id
+        await self.writer.call(lambda store: store.mark_disconnected(agent, time.time(), gateway))
 
     async def agent_for_post(self, agent: str, env: str) -> AgentState:
         """The state of an agent that posts over HTTP instead of holding a socket."""

@@ -304,14 +304,26 @@ class Store(abc.ABC):
         """Store events (ignoring duplicates by agent and seq) in one transaction."""
 
     @abc.abstractmethod
-    def register_agent(self, info: AgentInfo, now: float, connected: bool = True) -> int:
-        """Record a connection (or an HTTP post); return the highest seq stored for the agent.
+    def register_agent(
+        self, info: AgentInfo, now: float, connected: bool = True, gateway: str | None = None
+    ) -> int:
+        """Record a connection (to ``gateway``, in scale mode) or an HTTP post; return the
+        highest seq stored for the agent.
 
         Raises ``AgentEnvMismatch`` if the agent id belongs to another environment.
         """
 
     @abc.abstractmethod
-    def mark_disconnected(self, agent: str, now: float) -> None: ...
+    def mark_disconnected(self, agent: str, now: float, gateway: str | None = None) -> None:
+        """With ``gateway``: only if that gateway holds it (it may have reconnected elsewhere)."""
+
+    @abc.abstractmethod
+    def connected_gateways(self) -> list[str]:
+        """Scale mode: the gateways that hold a connected agent, as the registry has it."""
+
+    @abc.abstractmethod
+    def mark_gateway_gone(self, gateway: str, now: float) -> int:
+        """Scale mode: a gateway died; its agents are not connected (to it). Returns how many."""
 
     @abc.abstractmethod
     def mark_all_disconnected(self, now: float) -> None:

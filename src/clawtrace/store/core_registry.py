@@ -20,18 +20,20 @@ class CoreRegistryTables:
 
     engine: sa.Engine
 
-    def register_agent(self, info: AgentInfo, now: float, connected: bool = True) -> int:
+    def register_agent(
+        self, info: AgentInfo, now: float, connected: bool = True, gateway: str | None = None
+    ) -> int:
         # Two gateways may register a new agent at the same moment: the loser
         # of the insert sees the winner's row on its second try.
         for attempt in range(2):
             try:
-                return self._register_agent(info, now, connected)
+                return self._register_agent(info, now, connected, gateway)
             except sa.exc.IntegrityError:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
 
-    def _register_agent(self, info: AgentInfo, now: float, connected: bool) -> int:
+    def _register_agent(self, info: AgentInfo, now: float, connected: bool, gateway: str | None) -> int:
         agents = schema.agents
         with self.engine.begin() as c:
             row = c.execute(
@@ -47,7 +49,7 @@ class CoreRegistryTables:
                 "role": info.role,
             }
             if connected:
-                values.update(connected=True, last_connect=now)
+                values.update(connected=True, last_connect=now, gateway=gateway)
             if row is None:
                 c.execute(agents.insert().values(agent=info.agent, env=info.env, first_seen=now, **values))
                 return 0
@@ -59,12 +61,29 @@ class CoreRegistryTables:
             c.execute(agents.update().where(agents.c.agent == info.agent).values(**values))
             return int(row.last_seq)
 
-    def mark_disconnected(self, agent: str, now: float) -> None:
+    def mark_disconnected(self, agent: str, now: float, gateway: str | None = None) -> None:
+        agents = schema.agents
+        which = agents.c.agent == agent
+        if gateway is not None:
+            which = which & (agents.c.gateway == gateway)
+        with self.engine.begin() as c:
+            c.execute(agents.update().where(which).values(connected=False, last_disconnect=now))
+
+    def connected_gateways(self) -> list[str]:
+        agents = schema.agents
+        with self.engine.connect() as c:
+            query = sa.select(agents.c.gateway).where(agents.c.connected, agents.c.gateway.is_not(None))
+            return sorted(str(row.gateway) for row in c.execute(query.distinct()))
+
+    def mark_gateway_gone(self, gateway: str, now: float) -> int:
         agents = schema.agents
         with self.engine.begin() as c:
-            c.execute(
-                agents.update().where(agents.c.agent == agent).values(connected=False, last_disconnect=now)
+            result = c.execute(
+                agents.update()
+                .where(agents.c.connected, agents.c.gateway == gateway)
+                .values(connected=False, last_disconnect=now)
             )
+            return int(result.rowcount)
 
     def mark_all_disconnected(self, now: float) -> None:
         agents = schema.agents

@@ -46,6 +46,8 @@ agents = sa.Table(
     sa.Column("lifecycle", sa.Text, nullable=True),
     # The role whose desired release the node agent runs (hello ``role``), if it follows one.
     sa.Column("role", sa.Text, nullable=True),
+    # Scale mode: the gateway that holds (or last held) its connection.
+    sa.Column("gateway", sa.Text, nullable=True),
     sa.Index("ix_agents_env", "env"),
 )
 
