@@ -206,9 +206,10 @@ def test_authenticator_hook_applies_to_credentials_already_cached(store: Store) 
 
 def test_expired_and_revoked_credentials_are_refused(store: Store) -> None:
     auth = Authenticator(store, cache_seconds=0.0)
-    expiring, _ = create_token(store, env="dev", role="admin", ttl_seconds=0.2)
+    # A second to live: a busy machine may take a while between creating and checking it.
+    expiring, _ = create_token(store, env="dev", role="admin", ttl_seconds=1.0)
     assert auth.authenticate(expiring).role == "admin"
-    time.sleep(0.3)
+    time.sleep(1.1)
     with pytest.raises(AuthError, match="has expired"):
         auth.authenticate(expiring)
     revoked, record = create_token(store, env="dev", role="operator")
@@ -225,9 +226,9 @@ def test_expired_and_revoked_credentials_are_refused(store: Store) -> None:
 
 def test_the_cache_never_outlives_an_expiry(store: Store) -> None:
     auth = Authenticator(store, cache_seconds=60.0)
-    plain, _ = create_token(store, env="dev", role="viewer", ttl_seconds=0.2)
+    plain, _ = create_token(store, env="dev", role="viewer", ttl_seconds=1.0)
     auth.authenticate(plain)
-    time.sleep(0.3)
+    time.sleep(1.1)
     with pytest.raises(AuthError, match="has expired"):
         auth.authenticate(plain)
 
