@@ -195,6 +195,16 @@ class Deployment:
             if body["groupLabels"].get("alertname") == "Streaming" and body["status"] == status
         )
 
+    def saved_as_notified(self) -> int:
+        """Streaming alerts whose notification the workers have saved (what a new owner reads)."""
+        store = open_store(self.postgres, self.tmp)
+        try:
+            return sum(
+                1 for a in store.load_alerts() if a.rule == "Streaming" and a.notified_state == "firing"
+            )
+        finally:
+            store.close()
+
     def lease_losses(self) -> list[str]:
         """Leases lost by being slow (not by the kill): the workers' log lines saying so."""
         return [line for w in self.workers for line in w.log().splitlines() if "lost its lease" in line]
@@ -366,6 +376,9 @@ async def test_gateway_worker_nats_and_postgres_faults_lose_and_duplicate_nothin
     mark("gateway_failover")
 
     # --- 2. kill -9 a worker: the other takes its shards over ------------------------------------
+    # Notified alerts are saved by now (one sent and not yet saved when its worker dies is sent
+    # again by the next owner: at least once, as with Alertmanager).
+    await until(lambda: d.saved_as_notified() == AGENTS, 30, "the workers to save what they notified")
     acked = {name: a["acked_seq"] for name, a in sim.agents().items()}
     d.workers[0].kill()
     await until_async(lambda: _all_held_by(d, "w-2"), 30, "the surviving worker to hold every shard")
