@@ -27,7 +27,7 @@ from postgres import fresh_database, fresh_schema
 from releases import upload, write_release_dir
 from test_gateway_protocol import Conn, hello_frame, open_ws
 from test_policy_gateway import EXAMPLES, bundle_body
-from test_worker import WorkerProcess
+from worker_process import WorkerProcess
 
 
 @dataclass

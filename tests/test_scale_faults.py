@@ -50,6 +50,7 @@ from nats_server import PrivateNats, scale_bus_url, stream_events
 from postgres import CuttableLink, fresh_database, fresh_schema
 from test_gateway_protocol import agent_conn, frame, log
 from waiting import wait_for
+from worker_process import WorkerProcess
 
 AGENTS = 200
 # Events per second per agent (heartbeats aside), produced 3 at a time: ~300 events/s in all,
@@ -78,42 +79,6 @@ def crashes(log: str) -> list[str]:
     """The log's records with a traceback."""
     records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log)
     return [record for record in records if "Traceback" in record]
-
-
-class Worker:
-    """``clawtrace worker`` as a process that can die by SIGKILL (short lease and ack wait)."""
-
-    def __init__(self, worker_id: str, bus: str, store: str, data_dir: Path, extra: list[str]) -> None:
-        self.worker_id = worker_id
-        self.log_path = data_dir / f"{worker_id}.log"
-        args = [sys.executable, "-m", "clawtrace", "worker", "--bus", bus, "--store", store]
-        # Short enough for a quick takeover, long enough that a busy machine does not lose a lease
-        # by being slow (a lapsed lease may repeat a notification its owner had not saved yet).
-        args += ["--data-dir", str(data_dir), "--id", worker_id, "--lease-ttl", "5", "--ack-wait", "5"]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*args, *extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 class Simulator:
@@ -172,7 +137,7 @@ class Deployment:
     link: CuttableLink
     postgres: str  # direct, for the test's own reads: never cut
     gateways: list[GatewayProcess]
-    workers: list[Worker]
+    workers: list[WorkerProcess]
     # The workers' webhook receiver: every alert notification of the run.
     alerts: HttpReceiver
     simulator: Simulator | None = None
@@ -290,7 +255,7 @@ async def _run(
     gateway_config.write_text("[gateway]\nmetrics_enabled = false\n")
     args = ["--bus", bus, "--store", store_url, "--config", str(gateway_config)]
     gateways = [GatewayProcess(tmp_path / f"gw-{n}", extra_args=args) for n in (1, 2)]
-    workers: list[Worker] = []
+    workers: list[WorkerProcess] = []
     deployment: Deployment | None = None
     try:
         await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
@@ -313,7 +278,11 @@ url = "{alerts.url()}"
 """
         )
         worker_extra = ["--config", str(worker_config)]
-        workers.extend(Worker(f"w-{n}", bus, store_url, tmp_path, worker_extra) for n in (1, 2))
+        # Short enough for a quick takeover, long enough that a busy machine does not lose a lease
+        # by being slow (a lapsed lease may repeat a notification its owner had not saved yet).
+        workers.extend(
+            WorkerProcess(f"w-{n}", bus, store_url, tmp_path, *worker_extra, lease_ttl=5) for n in (1, 2)
+        )
         deployment = Deployment(tmp_path, server, link, postgres, gateways, workers, alerts)
         deployment.simulator = Simulator(gateways, agent_token, tmp_path)
         yield deployment

@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,6 +24,7 @@ from clawtrace.worker.service import Worker, WorkerSettings
 from clawtrace.worker.shard import ConsumerSettings
 from nats_server import PrivateNats, delete_stream, require_shared_nats, scale_bus_url, unique_name
 from postgres import CuttableLink, fresh_database, fresh_schema
+from worker_process import WorkerProcess
 
 TS = "2026-03-01T12:00:00Z"
 
@@ -195,51 +193,6 @@ async def test_each_event_is_stored_once_and_metrics_see_only_new_ones(
         assert record is not None and record.last_seq == 40
     finally:
         store.close()
-
-
-class WorkerProcess:
-    """``clawtrace worker`` as a real process, so that it can die by SIGKILL."""
-
-    def __init__(self, worker_id: str, bus: str, store_url: str, data_dir: Path) -> None:
-        self.worker_id = worker_id
-        self.log_path = data_dir / f"{worker_id}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "clawtrace",
-            "worker",
-            "--bus",
-            bus,
-            "--store",
-            store_url,
-            "--data-dir",
-            str(data_dir),
-            "--id",
-            worker_id,
-            "--lease-ttl",
-            "3",
-            "--ack-wait",
-            "3",
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 async def owners(stream: Stream) -> dict[int, str]:

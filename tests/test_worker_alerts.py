@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +36,7 @@ from http_receiver import HttpReceiver
 from nats_server import delete_stream, require_shared_nats, scale_bus_url, unique_name
 from postgres import fresh_database, fresh_schema
 from test_gateway_protocol import Conn, frame, hello_frame, open_ws
+from worker_process import WorkerProcess
 
 T = TypeVar("T")
 SHARDS = 4
@@ -82,42 +80,6 @@ def lifecycle(seq: int, state: str) -> dict[str, Any]:
     return {"kind": "lifecycle", "seq": seq, "ts": now_ts(), "session": "s1", "state": state}
 
 
-class WorkerProcess:
-    """``clawtrace worker`` with the gateways' settings file, as a real process (it may die by SIGKILL)."""
-
-    def __init__(self, worker_id: str, bus: str, store_url: str, data_dir: Path, config: Path) -> None:
-        self.worker_id = worker_id
-        self.log_path = data_dir / f"{worker_id}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "clawtrace",
-            "worker",
-            *("--bus", bus, "--store", store_url, "--data-dir", str(data_dir)),
-            *("--id", worker_id, "--lease-ttl", "3", "--ack-wait", "3", "--config", str(config)),
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 @dataclass
 class Scale:
     """A scale-mode gateway on a stream and a PostgreSQL schema of this test's own."""
@@ -134,7 +96,7 @@ class Scale:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def worker(self, worker_id: str) -> WorkerProcess:
-        process = WorkerProcess(worker_id, self.bus, self.store, self.tmp_path, self.config)
+        process = WorkerProcess(worker_id, self.bus, self.store, self.tmp_path, "--config", str(self.config))
         self.workers.append(process)
         return process
 
