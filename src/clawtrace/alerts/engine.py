@@ -98,16 +98,7 @@ class AlertEngine:
     ) -> None:
         """State from the store at startup: known agents, live alerts, silences."""
         for record in agents:
-            self.watched[record.agent] = Watched(
-                agent=record.agent,
-                env=record.env,
-                region=record.region,
-                labels=dict(record.labels),
-                last_heartbeat=record.last_heartbeat,
-                alive_at=record.last_event or record.last_connect or record.first_seen,
-                connected=False,
-                lifecycle=record.lifecycle,
-            )
+            self.watched[record.agent] = self._from_record(record, connected=False)
         now = self.clock()
         for silence in silences:
             if silence.ends > now and silence.expired_by is None:
