@@ -163,6 +163,9 @@ class FramePublisher:
         self, subject: str, agent: str, events: list[bytes], seqs: list[int]
     ) -> list[tuple[str, bytes, str]]:
         budget = self.max_payload - _PAYLOAD_HEADROOM
+        if sum(map(len, events)) + len(events) <= budget:
+            # The usual frame: one message, no event too big (sized without a loop per event).
+            return [self._chunk(subject, agent, events, seqs[0], seqs[-1])]
         chunks: list[tuple[str, bytes, str]] = []
         start = 0
         size = 0

@@ -1,7 +1,9 @@
 """The metrics stage: per-agent numbers in memory, minute rollups to the store.
 
 It consumes accepted events from the bus (``events.<env>.<agent>``, a JSON
-array per message), so it never re-reads stored events. A 1 s tick expires
+array per message), so it never re-reads stored events. A publisher in the
+same process that has the events decoded already (the worker) publishes a
+``DecodedPayload``, and the stage takes its events as they are. A 1 s tick expires
 tool calls that never got a result and closes finished minutes into rollup
 rows (per agent and per group) for the store.
 """
@@ -34,6 +36,20 @@ AgentDirectory = Callable[[str], AgentInfo | None]
 RollupSink = Callable[[list[RollupRow]], "asyncio.Future[None]"]
 # Called after each batch of an agent's events is counted (the alert engine).
 ObserveListener = Callable[[str, AgentMetrics], None]
+
+
+class DecodedPayload(bytes):
+    """A bus payload of events (their JSON array, for any subscriber) that also carries them decoded
+    as the stage reads them, for the stage in the same process (the in-process bus hands the very
+    object over): one decode fewer per event."""
+
+    events: list[AnyMetricEvent]
+
+    @classmethod
+    def of(cls, data: bytes, events: list[AnyMetricEvent]) -> DecodedPayload:
+        payload = cls(data)
+        payload.events = events
+        return payload
 
 
 @dataclass(slots=True)
@@ -98,6 +114,9 @@ class MetricsStage:
 
     def _on_message(self, subject: str, data: bytes) -> None:
         _, env, agent = subject.split(".", 2)
+        if isinstance(data, DecodedPayload):
+            self.observe(env, agent, data.events)
+            return
         try:
             events = _decoder.decode(data)
         except msgspec.DecodeError:
@@ -123,9 +142,13 @@ class MetricsStage:
         received = self.clock()
         counters = self.prometheus.group(known.env, known.region)
         prices = self.prices
-        for event in events:
-            counters.observe(event, metrics.observe(event, received, prices))
-            self.events_observed += 1
+        observed = 0
+        try:
+            for event in events:
+                counters.observe(event, metrics.observe(event, received, prices))
+                observed += 1
+        finally:
+            self.events_observed += observed
         for listener in self.listeners:
             try:
                 listener(agent, metrics)

@@ -23,6 +23,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -227,24 +228,28 @@ class PostgresStore(CoreRegistryTables, CoreControlTables, Store):
         if not batch.rows:
             return
         rows = first_of_each(batch.rows)
+        days = days_of(rows)
         with self._writing(f"storing {len(rows)} events", _NOT_STORED) as conn:
-            self._partitions.ensure(conn, {day_of(row[5]) for row in rows})
+            self._partitions.ensure(conn, days)
             try:
                 self._write_transaction(conn, rows, batch)
             except psycopg.errors.CheckViolation:
                 # "no partition of relation events found for row": another process dropped
                 # a partition this one believed in. Look again and retry once.
                 self._partitions.forget()
-                self._partitions.ensure(conn, {day_of(row[5]) for row in rows})
+                self._partitions.ensure(conn, days)
                 self._write_transaction(conn, rows, batch)
 
     def _write_transaction(
         self, conn: psycopg.Connection[TupleRow], rows: list[EventRow], batch: WriteBatch
     ) -> None:
-        batch_max: dict[str, int] = {}
-        for agent, seq, *_ in rows:
-            if agent not in batch_max or seq > batch_max[agent]:
-                batch_max[agent] = seq
+        # The batch's bookkeeping holds each agent's highest seq (WriteBatch.add and merge keep it).
+        batch_max = {agent: progress.last_seq for agent, progress in batch.agents.items()}
+        if batch_max.keys() != set(map(itemgetter(0), rows)):
+            batch_max = {}
+            for agent, seq, *_ in rows:
+                if agent not in batch_max or seq > batch_max[agent]:
+                    batch_max[agent] = seq
         agents = sorted(batch_max)
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_RAISE_MAX_SEQS, (agents, [batch_max[a] for a in agents]))
@@ -352,8 +357,19 @@ class PostgresStore(CoreRegistryTables, CoreControlTables, Store):
             return max(conn.execute("DELETE FROM rollups WHERE minute < %s", (before_minute,)).rowcount, 0)
 
 
+def days_of(rows: list[EventRow]) -> set[int]:
+    """The days (of ``received``) the rows fall in: every day from the first to the last, when
+    they span a few (a batch is received within seconds, so mostly one day)."""
+    first, last = day_of(min(map(itemgetter(5), rows))), day_of(max(map(itemgetter(5), rows)))
+    if last - first <= 2:
+        return set(range(first, last + 1))
+    return {day_of(row[5]) for row in rows}
+
+
 def first_of_each(rows: list[EventRow]) -> list[EventRow]:
     """Rows without repeats of an (agent, seq) within the batch; the first one wins, as in SQLite."""
+    if len(set(map(itemgetter(0, 1), rows))) == len(rows):
+        return rows
     seen: set[tuple[str, int]] = set()
     unique: list[EventRow] = []
     for row in rows:

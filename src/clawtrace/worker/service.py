@@ -198,6 +198,7 @@ class Worker:
 
         consumer = ShardConsumer(
             shard,
+            link.nats.client,
             link.js,
             link.layout,
             self.ingest,
