@@ -123,7 +123,12 @@ def test_releases_move_through_environments_on_real_node_agents(
         result = _cli(gateway, "deploy", "researcher@1.0.0", "--env", "dev")
         assert result.exit_code == 0, result.output
         wait_for(_running(gateway, "dev", good), WAIT, "dev agents on 1.0.0")
-        assert gateway.get("/api/v1/agents/dev-1").json()["release"] == good
+        # The registry has it too, once the heartbeat that reported it is written.
+        wait_for(
+            lambda: gateway.get("/api/v1/agents/dev-1").json().get("release") == good,
+            WAIT,
+            "the registry to record dev-1's release",
+        )
 
         # Staging: the soak gate fails first, then passes once the clock moved an hour on.
         early = _cli(gateway, "promote", "researcher@1.0.0", "--to", "staging")
