@@ -42,7 +42,11 @@ class AgentContext:
     quarantine: QuarantineRecord | None
 
 
-async def readable_agent(request: Request, credential: Credential, agent: str) -> AgentRecord | Response:
+async def readable_agent(request: Request, agent: str) -> tuple[Credential, AgentRecord] | Response:
+    """The signed-in person and the agent a page is about; the login or a 404 page otherwise."""
+    credential = signed_in(request)
+    if isinstance(credential, Response):
+        return credential
     store: Store = request.app.state.store
     record = await run_in_threadpool(store.get_agent, agent)
     # An agent of an environment the person cannot read does not exist for them (as in the API).
@@ -53,7 +57,7 @@ async def readable_agent(request: Request, credential: Credential, agent: str) -
             f"No agent {agent!r} in the environments you can read. Check the id on the fleet page.",
             404,
         )
-    return record
+    return credential, record
 
 
 async def live_panel(request: Request, credential: Credential, record: AgentRecord) -> dict[str, Any]:
@@ -87,12 +91,10 @@ async def live_panel(request: Request, credential: Credential, record: AgentReco
 
 @router.get("/agents/{agent}", response_class=HTMLResponse)
 async def agent_page(request: Request, agent: str) -> Response:
-    credential = signed_in(request)
-    if isinstance(credential, Response):
-        return credential
-    record = await readable_agent(request, credential, agent)
-    if isinstance(record, Response):
-        return record
+    readable = await readable_agent(request, agent)
+    if isinstance(readable, Response):
+        return readable
+    credential, record = readable
     store: Store = request.app.state.store
     sessions = await run_in_threadpool(store.list_sessions, agent)
     rows = await run_in_threadpool(
@@ -113,10 +115,8 @@ async def agent_page(request: Request, agent: str) -> Response:
 @router.get("/agents/{agent}/panel", response_class=HTMLResponse)
 async def agent_panel(request: Request, agent: str) -> Response:
     """The live side panel of the agent page; htmx swaps it in every few seconds."""
-    credential = signed_in(request)
-    if isinstance(credential, Response):
-        return credential
-    record = await readable_agent(request, credential, agent)
-    if isinstance(record, Response):
-        return record
+    readable = await readable_agent(request, agent)
+    if isinstance(readable, Response):
+        return readable
+    credential, record = readable
     return render(request, "agent_panel.html", credential, await live_panel(request, credential, record))

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from clawtrace.access import Credential
 from clawtrace.console.agent import readable_agent
 from clawtrace.console.formatting import iso_to_epoch
-from clawtrace.console.pages import alerts_enabled, api_json, error_page, render, signed_in
+from clawtrace.console.pages import alerts_enabled, api_json, error_page, render
 from clawtrace.gateway import alerts_api
 from clawtrace.store import EventQuery, SessionRecord, Store
 
@@ -194,12 +194,10 @@ async def replay_page(
     request: Request, agent: str, session: str = "", after_seq: int = 0, at: float | None = None
 ) -> Response:
     """``session``'s steps from ``after_seq``; ``at`` (epoch seconds) opens the page holding that moment."""
-    credential = signed_in(request)
-    if isinstance(credential, Response):
-        return credential
-    record = await readable_agent(request, credential, agent)
-    if isinstance(record, Response):
-        return record
+    readable = await readable_agent(request, agent)
+    if isinstance(readable, Response):
+        return readable
+    credential, record = readable
     store: Store = request.app.state.store
     sessions = await run_in_threadpool(store.list_sessions, agent)
     if not session and sessions:
